@@ -1,0 +1,200 @@
+"""The readable reference kernels: plain NumPy, always available.
+
+Every function takes arrays and returns arrays; nothing here knows about
+tensors or autograd. Layouts follow the API (NCHW). Faster backends provide
+the same functions with the same signatures (see ``kernels/__init__.py``).
+"""
+import numpy as np
+
+NAME = "numpy"
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output length of a convolution or pooling window along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _pad(x, ph, pw, value=0.0):
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+# ---------------------------------------------------------------- im2col / col2im
+
+def im2col(x, kh, kw, stride, padding):
+    """Unfold x (N, C, H, W) into columns (C*kh*kw, N*OH*OW).
+
+    Row (c, i, j) holds the input pixel that kernel tap (i, j) of channel c
+    sees at every output position, so a convolution becomes one GEMM.
+    """
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    xp = _pad(x, ph, pw)
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]  # (N, C, OH, OW)
+            cols[:, i, j] = window.transpose(1, 0, 2, 3)
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding):
+    """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image."""
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x_shape
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    cols = cols.reshape(c, kh, kw, n, oh, ow)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, i, j].transpose(1, 0, 2, 3)
+    return xp[:, :, ph:ph + h, pw:pw + w]
+
+
+# ---------------------------------------------------------------- convolution
+
+def conv2d_forward(x, weight, stride, padding):
+    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW) -> (N, O, OH, OW)."""
+    n = x.shape[0]
+    o, _, kh, kw = weight.shape
+    cols = im2col(x, kh, kw, stride, padding)
+    y = weight.reshape(o, -1) @ cols  # (O, N*OH*OW)
+    oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
+    ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
+    return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+
+
+def _grad_rows(grad_out):
+    """(N, O, OH, OW) -> (O, N*OH*OW), the layout of the forward GEMM's output."""
+    o = grad_out.shape[1]
+    return grad_out.transpose(1, 0, 2, 3).reshape(o, -1)
+
+
+def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
+    """dx = col2im(W^T @ dy)."""
+    o, _, kh, kw = weight.shape
+    dcols = weight.reshape(o, -1).T @ _grad_rows(grad_out)
+    return col2im(dcols, x_shape, kh, kw, stride, padding)
+
+
+def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
+    """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward."""
+    _, _, kh, kw = weight_shape
+    cols = im2col(x, kh, kw, stride, padding)
+    return (_grad_rows(grad_out) @ cols.T).reshape(weight_shape)
+
+
+# ---------------------------------------------------------------- residual add
+
+def residual_add_forward(f, s, relu):
+    """y = relu(f + s) (or f + s)."""
+    y = f + s
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def residual_add_backward(grad_out, y, relu):
+    """Returns (grad into the residual branch, grad into the shortcut).
+
+    Both are g = dy * (y > 0): the add passes the gradient unchanged to each
+    of its inputs. The shortcut's copy is the "1" of dx = g (1 + dF/dx).
+    """
+    g = grad_out * (y > 0) if relu else grad_out
+    return g, g
+
+
+# ---------------------------------------------------------------- batch norm
+
+def batch_norm_stats(x):
+    """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W)."""
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.var(axis=(0, 2, 3))
+    return mean, var
+
+
+def batch_norm_forward(x, mean, invstd, weight, bias):
+    """y = (x - mean) * invstd * weight + bias, per channel."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
+    """Returns (dx, dweight, dbias).
+
+    With batch statistics (training) the mean and variance depend on x:
+    dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
+    With running statistics (eval) they are constants: dx = dy * weight * invstd.
+    """
+    axes = (0, 2, 3)
+    m = grad_out.size // grad_out.shape[1]
+    xhat = (x - mean[None, :, None, None]) * invstd[None, :, None, None]
+    dbias = grad_out.sum(axis=axes)
+    dweight = (grad_out * xhat).sum(axis=axes)
+    scale = invstd if weight is None else invstd * weight
+    if training:
+        dx = (grad_out - (dbias / m)[None, :, None, None]
+              - xhat * (dweight / m)[None, :, None, None]) * scale[None, :, None, None]
+    else:
+        dx = grad_out * scale[None, :, None, None]
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------- pooling
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    """Returns (y, argmax) where argmax in [0, kh*kw) is the winning tap of each window."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    xp = _pad(x, ph, pw, value=-np.inf)
+    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    argmax = np.zeros((n, c, oh, ow), dtype=np.int32)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+            better = window > y  # strict: the first maximum wins, as in PyTorch
+            y = np.where(better, window, y)
+            argmax[better] = i * kw + j
+    return y, argmax
+
+
+def max_pool2d_backward(grad_out, argmax, x_shape, kernel, stride, padding):
+    """Route each output gradient to the input pixel that won its window."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x_shape
+    oh, ow = grad_out.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += grad_out * (argmax == i * kw + j)
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def avg_pool2d_forward(x, kernel, stride, padding):
+    """Window mean; padded zeros count in the divisor (PyTorch's count_include_pad=True)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    xp = _pad(x, ph, pw)
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    return y / (kh * kw)
+
+
+def avg_pool2d_backward(grad_out, x_shape, kernel, stride, padding):
+    """Spread each output gradient evenly over its window."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x_shape
+    oh, ow = grad_out.shape[2:]
+    share = grad_out / (kh * kw)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += share
+    return dxp[:, :, ph:ph + h, pw:pw + w]
