@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from .backend import array_module
 from .errors import ShapeError
 
 Tensor = None  # set by minires.tensor once the class exists (it imports this module)
@@ -60,6 +61,8 @@ class Function:
 
     # attributes a Function keeps when the graph is freed after backward
     keep_after_backward = ()
+    # one flag per input of apply(): does that input need a gradient? (set by apply)
+    needs_input_grad = ()
 
     def forward(self, *args, **params):
         raise NotImplementedError
@@ -77,6 +80,7 @@ class Function:
         if not needs_grad:
             return Tensor(out)
         fn.inputs = inputs
+        fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
         result = Tensor(out, requires_grad=True)
         result.grad_fn = fn
         return result
@@ -123,6 +127,12 @@ def _topological_order(root):
     return order
 
 
+def _check_grad_shape(t, g):
+    if g.shape != t.data.shape or g.dtype != t.data.dtype:
+        raise ShapeError(f"a hook returned a gradient of shape {g.shape} and dtype {g.dtype} "
+                         f"for a tensor of shape {t.data.shape} and dtype {t.data.dtype}")
+
+
 def _check_grad(fn, inp, g):
     if g.shape != inp.data.shape or g.dtype != inp.data.dtype:
         raise ShapeError(
@@ -143,16 +153,16 @@ def backward(root, grad=None, retain_graph=False):
             raise RuntimeError(
                 f"backward: grad can be implicitly created only for a single-element output, "
                 f"got shape {root.data.shape}; pass grad= with that shape")
-        grad = np.ones_like(root.data)
+        grad = array_module(root.data).ones_like(root.data)
     else:
         grad = grad.data if isinstance(grad, Tensor) else grad
-        grad = np.asarray(grad, dtype=root.data.dtype)
+        grad = array_module(root.data).array(grad, dtype=root.data.dtype)  # a copy: ours to keep
         if grad.shape != root.data.shape:
             raise ShapeError(f"backward: grad has shape {grad.shape}, output has shape {root.data.shape}")
 
     order = _topological_order(root)
     # id(tensor) -> [gradient array, whether the engine owns it (may add into it in place)]
-    grads = {id(root): [grad, False]}
+    grads = {id(root): [grad, True]}
     for t in reversed(order):
         entry = grads.pop(id(t), None)
         if entry is None:  # nothing reached this tensor (e.g. only through None gradients)
@@ -161,13 +171,18 @@ def backward(root, grad=None, retain_graph=False):
         for hook in t._hooks:
             replaced = hook(Tensor(g))
             if replaced is not None:
-                g = replaced.data if isinstance(replaced, Tensor) else np.asarray(replaced)
+                g = replaced.data if isinstance(replaced, Tensor) else replaced
+                _check_grad_shape(t, g)
+                entry[1] = False
         fn = t.grad_fn
-        if fn is None:  # a leaf: accumulate
-            t.grad = Tensor(g) if t.grad is None else Tensor(t.grad.data + g)
+        if fn is None:  # a leaf: accumulate (never alias an array another tensor may hold)
+            if t.grad is not None:
+                t.grad = Tensor(t.grad.data + g)
+            else:
+                t.grad = Tensor(g if entry[1] else g.copy())
             continue
         if t._retains_grad:
-            t.grad = Tensor(g)
+            t.grad = Tensor(g.copy())
         in_grads = fn.backward(g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

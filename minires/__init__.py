@@ -1,0 +1,28 @@
+"""minires: a from-scratch educational deep-learning framework for residual networks.
+
+    import minires
+    import minires.functional as F
+    x = minires.randn(2, 3, 8, 8, requires_grad=True)
+
+Only NumPy, Matplotlib and tqdm are needed; Numba, CuPy and PyTorch are
+optional and are looked for when asked for.
+"""
+import numpy as _np
+
+from . import kernels
+from .autograd import Function, ResidualRecord, enable_grad, is_grad_enabled, no_grad, record_residuals
+from .errors import DTypeError, ShapeError
+from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+from . import functional
+from . import nn
+from .gradcheck import GradcheckError, gradcheck
+
+float16, float32, float64 = _np.float16, _np.float32, _np.float64
+int32, int64 = _np.int32, _np.int64
+
+__version__ = "0.1.0"
+
+
+def use_kernels(name):
+    """Force a kernel backend ("numpy", and later "numba", "cuda", "cupy") for its device."""
+    return kernels.use(name)

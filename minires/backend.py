@@ -1,0 +1,70 @@
+"""The array module behind a tensor (NumPy on the host, CuPy on a GPU) and moves between them.
+
+Everything above this layer asks ``array_module(a)`` for the module that
+serves an array instead of importing NumPy or CuPy directly, so the same op
+code runs on both. CuPy is optional: without it only the "cpu" device exists.
+"""
+import numpy as np
+
+from .kernels import for_array  # noqa: F401  (re-exported: the kernel backend for an array)
+
+_cupy = None
+_cupy_checked = False
+
+
+def cupy_or_none():
+    """The ``cupy`` module when it is installed and a GPU is usable, else ``None``."""
+    global _cupy, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy
+            if cupy.is_available():
+                _cupy = cupy
+        except Exception:  # ImportError, or a CUDA driver that will not load
+            _cupy = None
+    return _cupy
+
+
+def array_module(a):
+    """``numpy`` or ``cupy``: the module whose functions apply to array ``a``."""
+    if isinstance(a, np.ndarray) or np.isscalar(a):
+        return np
+    cp = cupy_or_none()
+    if cp is not None and isinstance(a, cp.ndarray):
+        return cp
+    return np
+
+
+def device_of(a):
+    """"cuda" for a CuPy array, "cpu" otherwise."""
+    return "cpu" if array_module(a) is np else "cuda"
+
+
+def normalize_device(device):
+    """Accept "cpu", "cuda", "cuda:0", "gpu"; return "cpu" or "cuda"."""
+    name = str(device).lower()
+    if name == "cpu":
+        return "cpu"
+    if name in ("cuda", "gpu") or name.startswith("cuda:"):
+        return "cuda"
+    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+def to_device(a, device):
+    """Copy array ``a`` to ``device`` ("cpu" or "cuda"); no copy when it is already there."""
+    device = normalize_device(device)
+    if device == device_of(a):
+        return a
+    if device == "cpu":
+        return a.get()
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError("device 'cuda' needs CuPy and a GPU: pip install 'minires[cuda]' "
+                           "on a machine with an NVIDIA GPU")
+    return cp.asarray(a)
+
+
+def to_numpy(a):
+    """A NumPy array with the contents of ``a`` (copied from the GPU when needed)."""
+    return a if isinstance(a, np.ndarray) else to_device(a, "cpu")

@@ -1,0 +1,512 @@
+"""The layers' ops: convolution, batch norm, ReLU, pooling, linear, losses and the residual add.
+
+Each op is one Function subclass, forward and backward side by side, and a
+function with PyTorch's name and signature that checks its input and applies
+it. The heavy lifting (im2col GEMM, pooling windows, the fused residual-add
+backward) is done by the kernels in ``minires.kernels``, chosen per array.
+"""
+import numpy as np
+
+from . import autograd
+from .autograd import Function
+from .backend import array_module, for_array
+from .errors import DTypeError, ShapeError
+from .tensor import Tensor
+
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+# ---------------------------------------------------------------- input checks
+
+def _pair(value, name, op):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _floating(op, **tensors):
+    """Raise unless every given tensor is floating point with one common dtype."""
+    dtypes = {}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dtype.type not in _FLOATS:
+            raise DTypeError(f"expected a floating-point {name}, got dtype {t.dtype} (shape {t.shape}); "
+                             f"convert it with .float()", op=op)
+        dtypes[name] = t.dtype
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise DTypeError(f"inputs must share one dtype, got {listed}", op=op)
+
+
+def _ndim(op, x, expected, what="input"):
+    if x.ndim not in expected:
+        want = " or ".join(f"{d}-D" for d in expected)
+        raise ShapeError(f"expected a {want} {what}, got shape {x.shape}", op=op)
+
+
+def _windows(op, x, kernel, stride, padding):
+    """The output size of a sliding window, or a clear error when it would be empty."""
+    h, w = x.shape[2:]
+    oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    if min(stride) < 1 or min(kernel) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: kernel {kernel} and stride {stride} must be positive, "
+                         f"padding {padding} non-negative")
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"a {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
+                         f"the input of shape {x.shape}", op=op)
+    return oh, ow
+
+
+# ---------------------------------------------------------------- convolution
+
+class Conv2d(Function):
+    """y = W * x + b (cross-correlation) as one im2col GEMM.
+
+    dx = col2im(W^T dy), dW = dy im2col(x)^T, db = sum of dy over (N, H, W).
+    """
+
+    def forward(self, x, weight, bias, stride, padding):
+        self.kernels = for_array(x)
+        self.x, self.weight, self.stride, self.padding = x, weight, stride, padding
+        self.has_bias = bias is not None
+        y = self.kernels.conv2d_forward(x, weight, stride, padding)
+        if bias is not None:
+            y += bias[None, :, None, None]
+        return y
+
+    def backward(self, grad):
+        k = self.kernels
+        dx = dw = db = None
+        if self.needs_input_grad[0]:
+            dx = k.conv2d_backward_input(grad, self.weight, self.x.shape, self.stride, self.padding)
+        if self.needs_input_grad[1]:
+            dw = k.conv2d_backward_weight(grad, self.x, self.weight.shape, self.stride, self.padding)
+        if self.has_bias and self.needs_input_grad[2]:
+            db = grad.sum(axis=(0, 2, 3))
+        return dx, dw, db
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D convolution of x (N, C, H, W) with weight (O, C, kh, kw), as torch.nn.functional.conv2d."""
+    _floating("conv2d", input=x, weight=weight, bias=bias)
+    _ndim("conv2d", x, (4,))
+    _ndim("conv2d", weight, (4,), "weight")
+    stride, padding = _pair(stride, "stride", "conv2d"), _pair(padding, "padding", "conv2d")
+    if x.shape[1] != weight.shape[1]:
+        raise ShapeError(f"expected {weight.shape[1]} input channels, got {x.shape[1]} "
+                         f"(input shape {x.shape}, weight shape {weight.shape})", op="conv2d")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ShapeError(f"bias of shape {bias.shape} does not match {weight.shape[0]} output channels",
+                         op="conv2d")
+    _windows("conv2d", x, weight.shape[2:], stride, padding)
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+
+
+# ---------------------------------------------------------------- batch norm
+
+class BatchNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
+
+    Training: mean and var are the batch's, so they depend on x and the
+    backward has the two extra terms. Eval: the running statistics are
+    constants and dx = dy * weight / sqrt(running_var + eps).
+    """
+
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        xp = array_module(x)
+        self.kernels, self.training = for_array(x), training
+        if training:
+            mean, var = self.kernels.batch_norm_stats(x)
+            if running_mean is not None:
+                m = x.size // x.shape[1]
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean
+                running_var *= 1 - momentum
+                running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch keeps it
+        else:
+            mean, var = running_mean, running_var
+        invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        mean = mean.astype(x.dtype)
+        self.x, self.mean, self.invstd, self.weight = x, mean, invstd, weight
+        self.has_affine = weight is not None
+        return self.kernels.batch_norm_forward(x, mean, invstd, weight, bias)
+
+    def backward(self, grad):
+        dx, dw, db = self.kernels.batch_norm_backward(grad, self.x, self.mean, self.invstd,
+                                                      self.weight, self.training)
+        if not self.has_affine:
+            return dx, None, None
+        return dx, dw, db
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation over (N, H, W) per channel, as torch.nn.functional.batch_norm.
+
+    In training the batch statistics normalise and ``running_mean`` /
+    ``running_var`` (tensors without grad, or None) are updated in place with
+    the unbiased variance; in eval the running statistics normalise.
+    """
+    _floating("batch_norm", input=x, weight=weight, bias=bias)
+    _ndim("batch_norm", x, (2, 4))
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (c,):
+            raise ShapeError(f"expected {t.shape[0]} channels, got {c} (input shape {x.shape}, "
+                             f"{name} shape {t.shape})", op="batch_norm")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm: eval mode needs running_mean and running_var")
+    if training and x.size // c < 2:
+        raise ShapeError(f"expected more than 1 value per channel when training, got input shape {x.shape}",
+                         op="batch_norm")
+    flat = x.ndim == 2
+    if flat:
+        x = x.reshape(x.shape[0], c, 1, 1)
+    y = BatchNorm.apply(x, weight, bias,
+                        running_mean=None if running_mean is None else running_mean.data,
+                        running_var=None if running_var is None else running_var.data,
+                        training=training, momentum=momentum, eps=eps)
+    return y.reshape(y.shape[0], c) if flat else y
+
+
+# ---------------------------------------------------------------- activation
+
+class ReLU(Function):
+    """y = max(x, 0);  dx = dy where x > 0, else 0."""
+
+    def forward(self, x):
+        self.y = array_module(x).maximum(x, 0)
+        return self.y
+
+    def backward(self, grad):
+        return grad * (self.y > 0)
+
+
+def relu(x):
+    """Rectified linear unit, max(x, 0)."""
+    _floating("relu", input=x)
+    return ReLU.apply(x)
+
+
+# ---------------------------------------------------------------- pooling
+
+class MaxPool2d(Function):
+    """y = the maximum of each window;  dx = dy routed to the pixel that won the window."""
+
+    def forward(self, x, kernel, stride, padding):
+        self.kernels, self.shape = for_array(x), x.shape
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        y, self.argmax = self.kernels.max_pool2d_forward(x, kernel, stride, padding)
+        return y
+
+    def backward(self, grad):
+        return self.kernels.max_pool2d_backward(grad, self.argmax, self.shape, self.kernel,
+                                                self.stride, self.padding)
+
+
+class AvgPool2d(Function):
+    """y = the mean of each window (padding counts as zeros);  dx = dy spread evenly over it."""
+
+    def forward(self, x, kernel, stride, padding):
+        self.kernels, self.shape = for_array(x), x.shape
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        return self.kernels.avg_pool2d_forward(x, kernel, stride, padding)
+
+    def backward(self, grad):
+        return self.kernels.avg_pool2d_backward(grad, self.shape, self.kernel, self.stride, self.padding)
+
+
+def _pool_args(op, x, kernel_size, stride, padding):
+    _floating(op, input=x)
+    _ndim(op, x, (4,))
+    kernel = _pair(kernel_size, "kernel_size", op)
+    stride = kernel if stride is None else _pair(stride, "stride", op)
+    padding = _pair(padding, "padding", op)
+    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
+        raise ValueError(f"{op}: padding {padding} must be at most half of the kernel size {kernel}")
+    _windows(op, x, kernel, stride, padding)
+    return kernel, stride, padding
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Max pooling over kh x kw windows (stride defaults to the kernel size); padding is -inf."""
+    kernel, stride, padding = _pool_args("max_pool2d", x, kernel_size, stride, padding)
+    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Average pooling over kh x kw windows; padded zeros count (count_include_pad=True)."""
+    kernel, stride, padding = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=padding)
+
+
+class AdaptiveAvgPool2d(Function):
+    """y[i, j] = the mean of input cell rows [floor(iH/oh), ceil((i+1)H/oh)) x the same for columns.
+
+    dx = each output gradient spread evenly over its cell. With output size 1
+    this is global average pooling, the head of every ResNet.
+    """
+
+    def forward(self, x, output_size):
+        xp = array_module(x)
+        self.shape = x.shape
+        (oh, ow), (h, w) = output_size, x.shape[2:]
+        self.cells = [((i * h) // oh, -((-(i + 1) * h) // oh), (j * w) // ow, -((-(j + 1) * w) // ow))
+                      for i in range(oh) for j in range(ow)]
+        if output_size == (1, 1):
+            return x.mean(axis=(2, 3), keepdims=True)
+        y = xp.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+        for k, (r0, r1, c0, c1) in enumerate(self.cells):  # one step per output cell
+            y[:, :, k // ow, k % ow] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+        return y
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        ow = grad.shape[3]
+        dx = xp.zeros(self.shape, dtype=grad.dtype)
+        for k, (r0, r1, c0, c1) in enumerate(self.cells):
+            share = grad[:, :, k // ow, k % ow] / grad.dtype.type((r1 - r0) * (c1 - c0))
+            dx[:, :, r0:r1, c0:c1] += share[:, :, None, None]
+        return dx
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average pooling to a fixed output size; ``adaptive_avg_pool2d(x, 1)`` is global average pooling."""
+    _floating("adaptive_avg_pool2d", input=x)
+    _ndim("adaptive_avg_pool2d", x, (4,))
+    size = _pair(output_size, "output_size", "adaptive_avg_pool2d")
+    if min(size) < 1:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}")
+    return AdaptiveAvgPool2d.apply(x, output_size=size)
+
+
+# ---------------------------------------------------------------- linear, flatten, concat
+
+class Linear(Function):
+    """y = x W^T + b;  dx = dy W, dW = dy^T x, db = sum of dy over the batch."""
+
+    def forward(self, x, weight, bias):
+        self.x, self.weight, self.has_bias = x, weight, bias is not None
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y
+
+    def backward(self, grad):
+        dx = dw = db = None
+        if self.needs_input_grad[0]:
+            dx = grad @ self.weight
+        if self.needs_input_grad[1]:
+            dw = grad.reshape(-1, grad.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
+        if self.has_bias and self.needs_input_grad[2]:
+            db = grad.reshape(-1, grad.shape[-1]).sum(axis=0)
+        return dx, dw, db
+
+
+def linear(x, weight, bias=None):
+    """Affine map x (..., in) -> (..., out) with weight (out, in), as torch.nn.functional.linear."""
+    _floating("linear", input=x, weight=weight, bias=bias)
+    _ndim("linear", weight, (2,), "weight")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ShapeError(f"expected {weight.shape[1]} input features, got input shape {x.shape} "
+                         f"(weight shape {weight.shape})", op="linear")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ShapeError(f"bias of shape {bias.shape} does not match {weight.shape[0]} output features",
+                         op="linear")
+    return Linear.apply(x, weight, bias)
+
+
+def flatten(x, start_dim=1):
+    """Merge every axis from ``start_dim`` on into one: (N, C, H, W) -> (N, C*H*W)."""
+    return x.reshape(x.shape[:start_dim] + (-1,))
+
+
+class Concat(Function):
+    """y = [x1, x2, ...] joined along an axis;  dx_i = the slice of dy that x_i became."""
+
+    def forward(self, *arrays, axis):
+        self.axis = axis
+        self.bounds = np.cumsum([0] + [a.shape[axis] for a in arrays])
+        return array_module(arrays[0]).concatenate(arrays, axis=axis)
+
+    def backward(self, grad):
+        index = [slice(None)] * grad.ndim
+        parts = []
+        for start, stop in zip(self.bounds[:-1], self.bounds[1:]):
+            index[self.axis] = slice(start, stop)
+            parts.append(grad[tuple(index)])
+        return tuple(parts)
+
+
+def concat(tensors, dim=1):
+    """Join tensors along ``dim`` (DenseNet joins features this way instead of adding them)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concat: expected at least one tensor")
+    _floating("concat", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    first = tensors[0].shape
+    dim = dim % len(first)
+    for i, t in enumerate(tensors):
+        if t.ndim != len(first) or t.shape[:dim] + t.shape[dim + 1:] != first[:dim] + first[dim + 1:]:
+            shapes = ", ".join(str(u.shape) for u in tensors)
+            raise ShapeError(f"all shapes must agree except along dim {dim}, got {shapes}", op="concat")
+    return Concat.apply(*tensors, axis=dim)
+
+
+cat = concat
+
+
+# ---------------------------------------------------------------- softmax and the loss
+
+class LogSoftmax(Function):
+    """y = x - logsumexp(x);  dx = dy - softmax(x) * sum(dy)."""
+
+    def forward(self, x, axis):
+        xp = array_module(x)
+        self.axis = axis
+        shifted = x - x.max(axis=axis, keepdims=True)  # stable for logits of any size
+        self.y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        return self.y
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        return grad - xp.exp(self.y) * grad.sum(axis=self.axis, keepdims=True)
+
+
+def log_softmax(x, dim=-1):
+    """log(softmax(x)) along ``dim``, computed without overflow."""
+    _floating("log_softmax", input=x)
+    return LogSoftmax.apply(x, axis=dim % x.ndim)
+
+
+def softmax(x, dim=-1):
+    """exp(x) / sum(exp(x)) along ``dim``."""
+    return log_softmax(x, dim).exp()
+
+
+class CrossEntropy(Function):
+    """loss = mean_i(logsumexp(z_i) - z_i[t_i]);  dz_i = (softmax(z_i) - onehot(t_i)) / N."""
+
+    def forward(self, logits, target, reduction):
+        xp = array_module(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        rows = xp.arange(logits.shape[0])
+        losses = -log_probs[rows, target]
+        self.probs, self.target, self.reduction = xp.exp(log_probs), target, reduction
+        if reduction == "none":
+            return losses
+        return losses.sum() if reduction == "sum" else losses.mean()
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        n = self.probs.shape[0]
+        d = self.probs.copy()
+        d[xp.arange(n), self.target] -= 1
+        if self.reduction == "none":
+            return d * grad[:, None], None
+        scale = grad if self.reduction == "sum" else grad / grad.dtype.type(n)
+        return d * scale, None
+
+
+def cross_entropy(logits, target, reduction="mean"):
+    """Softmax cross-entropy of logits (N, K) against integer class labels (N,)."""
+    _floating("cross_entropy", logits=logits)
+    if not isinstance(target, Tensor):
+        target = Tensor(np.asarray(target))
+    if target.dtype.kind not in "iu":
+        raise DTypeError(f"target must hold integer class labels, got dtype {target.dtype} "
+                         f"(shape {target.shape})", op="cross_entropy")
+    if logits.ndim != 2 or target.shape != (logits.shape[0],):
+        raise ShapeError(f"expected logits (N, K) and target (N,), got logits {logits.shape} and "
+                         f"target {target.shape}", op="cross_entropy")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if target.size and (int(target.data.min()) < 0 or int(target.data.max()) >= logits.shape[1]):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
+                         f"min {int(target.data.min())} and max {int(target.data.max())}")
+    return CrossEntropy.apply(logits, target, reduction=reduction)
+
+
+# ---------------------------------------------------------------- the residual add
+
+class ResidualAdd(Function):
+    """y = relu(f + s) with f = F(x) the residual branch and s = S(x) the shortcut.
+
+    df = ds = g = dy * (y > 0). For an identity shortcut the block input
+    receives g through s (the "1" of 1 + dF/dx) plus J_F(x)^T g through the
+    branch; ``self.record`` keeps both (see ``autograd.ResidualRecord``).
+    """
+
+    keep_after_backward = ("record",)
+
+    def forward(self, f, s, relu):
+        self.kernels, self.relu = for_array(f), relu
+        self.y = self.kernels.residual_add_forward(f, s, relu)
+        return self.y
+
+    def backward(self, grad):
+        return self.kernels.residual_add_backward(grad, self.y, self.relu)
+
+
+def residual_add(f, s, relu=True, name=None):
+    """``relu(f + s)`` (or ``f + s``) that records the gradient through each side of the block.
+
+    The record is ``y.grad_fn.record``; ``minires.record_residuals()``
+    collects the records of every residual add in a forward pass.
+    """
+    _floating("residual_add", residual=f, shortcut=s)
+    if f.shape != s.shape:
+        raise ShapeError(f"the residual branch gives shape {f.shape} but the shortcut gives {s.shape}; "
+                         "where the shape changes use a projection (option B) or pad_channels "
+                         "(option A)", op="residual_add")
+    y = ResidualAdd.apply(f, s, relu=relu)
+    if y.grad_fn is not None:
+        record = autograd.ResidualRecord(name)
+        y.grad_fn.record = record
+        autograd._add_tap(y.grad_fn, 0, record, "grad_residual")
+        autograd._add_tap(y.grad_fn, 1, record, "grad_shortcut")
+        autograd.tap_block_input(y.grad_fn, f, s, record)
+        autograd._announce(record)
+    return y
+
+
+class PadChannels(Function):
+    """y = x subsampled by the stride, then zero channels appended up to out_channels.
+
+    The parameter-free option-A shortcut. dx = dy's first C channels, put back
+    at the subsampled positions (zero elsewhere).
+    """
+
+    def forward(self, x, out_channels, stride):
+        xp = array_module(x)
+        self.shape, self.stride = x.shape, stride
+        sub = x[:, :, ::stride, ::stride]
+        y = xp.zeros((x.shape[0], out_channels) + sub.shape[2:], dtype=x.dtype)
+        y[:, :x.shape[1]] = sub
+        return y
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        dx = xp.zeros(self.shape, dtype=grad.dtype)
+        dx[:, :, ::self.stride, ::self.stride] = grad[:, :self.shape[1]]
+        return dx
+
+
+def pad_channels(x, out_channels, stride=1):
+    """The option-A shortcut: keep every ``stride``-th pixel and zero-pad the channels."""
+    _floating("pad_channels", input=x)
+    _ndim("pad_channels", x, (4,))
+    if out_channels < x.shape[1]:
+        raise ShapeError(f"cannot pad {x.shape[1]} channels down to {out_channels} (input shape {x.shape})",
+                         op="pad_channels")
+    if stride < 1:
+        raise ValueError(f"pad_channels: stride must be positive, got {stride}")
+    return PadChannels.apply(x, out_channels=int(out_channels), stride=int(stride))
