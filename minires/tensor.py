@@ -6,7 +6,7 @@ float32 stays float32 end to end and float64 is there for gradient checks.
 """
 import numpy as np
 
-from . import autograd, ops
+from . import autograd, ops, rng as _rng
 from .backend import array_module, device_of, normalize_device, to_numpy
 from .errors import DTypeError
 
@@ -388,14 +388,14 @@ def ones_like(t, requires_grad=False):
 
 
 def randn(*shape, dtype=np.float32, requires_grad=False, rng=None):
-    """Standard normal samples; pass ``rng`` (a numpy Generator) for reproducibility."""
-    rng = np.random.default_rng() if rng is None else rng
+    """Standard normal samples from ``rng`` (a numpy Generator) or the one ``manual_seed`` sets."""
+    rng = _rng.generator() if rng is None else rng
     return Tensor(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad=requires_grad)
 
 
 def rand(*shape, dtype=np.float32, requires_grad=False, rng=None):
     """Uniform samples in [0, 1)."""
-    rng = np.random.default_rng() if rng is None else rng
+    rng = _rng.generator() if rng is None else rng
     return Tensor(rng.random(_shape(shape)).astype(dtype), requires_grad=requires_grad)
 
 
