@@ -18,6 +18,42 @@ def _summary(args):
     summary(model, (1, channels, size, size), depth=args.depth)
 
 
+def _train(args):
+    from .train import TrainConfig, train
+    overrides = {k: v for k, v in {
+        "model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay, "seed": args.seed,
+        "kernels": args.kernels, "device": args.device, "out": args.out, "data_root": args.data_root,
+        "schedule": args.schedule, "warmup_epochs": args.warmup_epochs}.items() if v is not None}
+    if args.no_augment:
+        overrides["augment"] = False
+    if args.resume:
+        run = train(resume=args.resume, progress=not args.quiet, **{k: v for k, v in overrides.items()
+                                                                   if k in ("epochs", "kernels", "device")})
+    else:
+        from . import data, models
+        if overrides.get("model", "resnet20") not in models.list():
+            raise ValueError(f"unknown model {overrides['model']!r}; choose one of: {', '.join(models.list())}")
+        if overrides.get("data", "digits") not in data.list_datasets():
+            raise ValueError(f"unknown dataset {overrides['data']!r}; choose one of: "
+                             f"{', '.join(data.list_datasets())}")
+        run = train(TrainConfig(), progress=not args.quiet, **overrides)
+    last = run.history[-1]
+    print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
+          f"run folder: {run.folder}")
+
+
+def _eval(args):
+    from .train import evaluate_checkpoint
+    loss, acc, data = evaluate_checkpoint(args.checkpoint, data=args.data, data_root=args.data_root)
+    print(f"{data} test set: loss {loss:.4f}, accuracy {100 * acc:.2f}%")
+
+
+def _models(args):
+    from . import models
+    print("\n".join(models.list()))
+
+
 def _convert(args):
     from .serialization import convert_torch_checkpoint
     count = convert_torch_checkpoint(args.source, args.target)
@@ -28,6 +64,32 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="minires", description="minires: residual networks from scratch")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("train", help="train a residual network (default: resnet20 on the bundled digits)")
+    p.add_argument("--model", help="model name (default resnet20; see `minires models`)")
+    p.add_argument("--data", help="digits (bundled, default), mnist, fashion-mnist or cifar10")
+    p.add_argument("--data-root", help="folder holding the dataset's files (default: the cache, $MINIRES_DATA)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["cosine", "multistep"])
+    p.add_argument("--warmup-epochs", type=int, help="epochs at lr/10 first, as the paper did for ResNet-110")
+    p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--kernels", help="kernel backend: numpy (default), numba, ...")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--out", help="parent folder of the run folder (default ./runs)")
+    p.add_argument("--resume", help="a run folder or checkpoint.npz to continue")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint or run folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="evaluate on another dataset with the same channels and classes")
+    p.add_argument("--data-root")
+    p.set_defaults(run=_eval)
+
     p = sub.add_parser("summary", help="print a model's layers, output shapes, parameters and multiply-adds")
     p.add_argument("model", help="a model name, e.g. resnet50 or resnet20 (see `minires models`)")
     p.add_argument("--input-size", type=int, default=None, help="image side (default 224 ImageNet, 32 CIFAR)")
@@ -37,7 +99,7 @@ def build_parser():
     p.set_defaults(run=_summary)
 
     p = sub.add_parser("models", help="list the model names")
-    p.set_defaults(run=lambda args: print("\n".join(__import__("minires.models", fromlist=["list"]).list())))
+    p.set_defaults(run=_models)
 
     p = sub.add_parser("convert", help="turn a PyTorch .pth state dict into a minires .npz (needs torch)")
     p.add_argument("source", help="the .pth file (a state dict, or a checkpoint holding one)")
@@ -50,9 +112,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"minires {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"minires {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"minires {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,86 @@
+"""DataLoader: batches of (images, labels) tensors, shuffled by its own seeded generator."""
+import copy
+import math
+
+import numpy as np
+
+from .. import rng as _rng
+from ..tensor import Tensor
+
+
+class DataLoader:
+    """Iterate over ``dataset`` in batches of (Tensor images float32 NCHW, Tensor labels int64).
+
+    With ``shuffle`` each epoch takes a fresh permutation from the loader's own
+    generator (``numpy.random.default_rng(seed)``, or seeded from
+    ``minires.rng.generator()`` when ``seed`` is None), and the dataset's batch
+    transform draws from the same generator, so a seed fixes every batch.
+    ``state_dict()`` / ``load_state_dict()`` carry the generator and epoch
+    count through a checkpoint.
+    """
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if len(dataset) == 0:
+            raise ValueError("DataLoader: the dataset is empty")
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if seed is None:
+            seed = int(_rng.generator().integers(2 ** 63))
+        self.seed = seed
+        self.generator = np.random.default_rng(seed)
+        self.epoch = 0          # epochs finished
+        self._epoch_start = None  # (epoch, generator state) while an epoch is under way
+
+    def __len__(self):
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _fetch(self, indices):
+        if hasattr(self.dataset, "batch"):
+            images, labels = self.dataset.batch(indices)
+            transform = getattr(self.dataset, "transform", None)
+            if transform is not None:
+                images = transform(images, self.generator)
+        else:  # a generic dataset: one __getitem__ per item, its own transforms included
+            items = [self.dataset[int(i)] for i in indices]
+            images = np.stack([np.asarray(image) for image, _ in items])
+            labels = np.array([label for _, label in items])
+        return (Tensor(np.ascontiguousarray(images, dtype=np.float32)),
+                Tensor(np.asarray(labels, dtype=np.int64)))
+
+    def __iter__(self):
+        self._epoch_start = (self.epoch, copy.deepcopy(self.generator.bit_generator.state))
+        n = len(self.dataset)
+        order = self.generator.permutation(n) if self.shuffle else np.arange(n)
+        stop = len(self) * self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            yield self._fetch(order[start:start + self.batch_size])
+        self.epoch += 1
+        self._epoch_start = None
+
+    def state_dict(self):
+        """{"epoch", "bit_generator"}: JSON-friendly; taken mid-epoch it describes the start of that epoch."""
+        if self._epoch_start is not None:
+            epoch, state = self._epoch_start
+        else:
+            epoch, state = self.epoch, self.generator.bit_generator.state
+        return {"epoch": epoch, "bit_generator": copy.deepcopy(state)}
+
+    def load_state_dict(self, state):
+        """Continue from ``state_dict()``'s output: the next epoch sees the batches it would have seen."""
+        try:
+            epoch, gen_state = int(state["epoch"]), state["bit_generator"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"DataLoader.load_state_dict: expected {{'epoch': int, 'bit_generator': dict}}, "
+                             f"got {state!r:.200}") from None
+        name = type(self.generator.bit_generator).__name__
+        if not isinstance(gen_state, dict) or gen_state.get("bit_generator") != name:
+            raise ValueError(f"DataLoader.load_state_dict: the saved generator state is not a {name} state")
+        self.generator.bit_generator.state = copy.deepcopy(gen_state)
+        self.epoch, self._epoch_start = epoch, None
+
+    def __repr__(self):
+        return (f"DataLoader({len(self.dataset)} items, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, seed={self.seed})")
