@@ -9,7 +9,7 @@ optional and are looked for when asked for.
 """
 import numpy as _np
 
-from . import kernels
+from . import cuda, kernels
 from .autograd import Function, ResidualRecord, enable_grad, is_grad_enabled, no_grad, record_residuals
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, device_of
 from .errors import ShapeError
 
 Tensor = None  # set by minires.tensor once the class exists (it imports this module)
@@ -75,6 +75,11 @@ class Function:
         """Run the op on tensors (or ``None`` for absent optional inputs)."""
         fn = cls()
         arrays = [None if t is None else t.data for t in inputs]
+        kinds = {type(a) for a in arrays if a is not None}
+        if len(kinds) > 1 and len({device_of(a) for a in arrays if a is not None}) > 1:
+            shapes = ", ".join(f"{device_of(a)} {a.shape}" for a in arrays if a is not None)
+            raise RuntimeError(f"{cls.__name__}: inputs live on different devices ({shapes}); "
+                               "move them with .to(device) first")
         out = fn.forward(*arrays, **params)
         needs_grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
         if not needs_grad:
@@ -348,8 +353,8 @@ def record_residuals():
     _recorder.stack.append(records)
     try:
         yield records
-    finally:
-        _recorder.stack.remove(records)
+    finally:  # remove this very list (an enclosing one may hold equal contents)
+        _recorder.stack[:] = [r for r in _recorder.stack if r is not records]
 
 
 def _announce(record):

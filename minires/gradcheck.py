@@ -84,15 +84,14 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
             continue
         analytic = np.zeros(t.shape) if t.grad is None else to_numpy(t.grad.data).astype(np.float64)
         numeric = np.zeros(t.shape)
-        flat = t.data.reshape(-1)  # a view: perturb in place
-        for k in range(flat.size):
-            original = flat[k]
-            flat[k] = original + eps
+        for index in np.ndindex(*t.shape):  # perturb one element in place (any memory layout)
+            original = t.data[index]
+            t.data[index] = original + eps
             plus = objective()
-            flat[k] = original - eps
+            t.data[index] = original - eps
             minus = objective()
-            flat[k] = original
-            numeric.reshape(-1)[k] = (plus - minus) / (2 * eps)
+            t.data[index] = original
+            numeric[index] = (plus - minus) / (2 * eps)
         error = np.abs(analytic - numeric)
         allowed = atol + rtol * np.abs(numeric)
         excess = error - allowed

@@ -200,45 +200,57 @@ class Tensor:
             return Tensor(xp.asarray(other, dtype=self.data.dtype))
         return Tensor(xp.asarray(other, dtype=np.float32))
 
+    def _binary(self, fn, other, reflected=False):
+        """Apply a binary op; an integer operand meeting a floating one takes the floating dtype."""
+        a, b = self, self._operand(other)
+        if reflected:
+            a, b = b, a
+        fa, fb = a.dtype.type in _FLOATS, b.dtype.type in _FLOATS
+        if fa and not fb:
+            b = Tensor(b.data.astype(a.dtype))
+        elif fb and not fa:
+            a = Tensor(a.data.astype(b.dtype))
+        return fn.apply(a, b)
+
     def __add__(self, other):
-        return ops.Add.apply(self, self._operand(other))
+        return self._binary(ops.Add, other)
 
     def __radd__(self, other):
-        return ops.Add.apply(self._operand(other), self)
+        return self._binary(ops.Add, other, reflected=True)
 
     def __sub__(self, other):
-        return ops.Sub.apply(self, self._operand(other))
+        return self._binary(ops.Sub, other)
 
     def __rsub__(self, other):
-        return ops.Sub.apply(self._operand(other), self)
+        return self._binary(ops.Sub, other, reflected=True)
 
     def __mul__(self, other):
-        return ops.Mul.apply(self, self._operand(other))
+        return self._binary(ops.Mul, other)
 
     def __rmul__(self, other):
-        return ops.Mul.apply(self._operand(other), self)
+        return self._binary(ops.Mul, other, reflected=True)
 
     def __truediv__(self, other):
-        a, b = self._floating("division"), self._operand(other)
-        return ops.Div.apply(a, b._floating("division"))
+        return self._floating("division")._binary(ops.Div, self._operand(other)._floating("division"))
 
     def __rtruediv__(self, other):
-        return ops.Div.apply(self._operand(other)._floating("division"), self._floating("division"))
+        return self._floating("division")._binary(ops.Div, self._operand(other)._floating("division"),
+                                                  reflected=True)
 
     def __neg__(self):
         return ops.Neg.apply(self)
 
     def __pow__(self, other):
-        return ops.Pow.apply(self, self._operand(other))
+        return self._binary(ops.Pow, other)
 
     def __rpow__(self, other):
-        return ops.Pow.apply(self._operand(other), self)
+        return self._binary(ops.Pow, other, reflected=True)
 
     def __matmul__(self, other):
-        return ops.MatMul.apply(self, self._operand(other))
+        return self._binary(ops.MatMul, other)
 
     def __rmatmul__(self, other):
-        return ops.MatMul.apply(self._operand(other), self)
+        return self._binary(ops.MatMul, other, reflected=True)
 
     def __getitem__(self, index):
         if isinstance(index, Tensor):

@@ -1,0 +1,38 @@
+"""Shared fixtures for the engine's tests: a seeded generator, torch when installed, Hypothesis settings.
+
+Hypothesis runs under the "minires" profile by default (no deadline: the
+first call of an op may import or warm caches; a modest number of examples
+so the suite stays fast on two cores). Choose another with
+``HYPOTHESIS_PROFILE=thorough pytest ...`` for a longer search.
+"""
+import os
+
+import numpy as np
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # Hypothesis is a test dependency; tests that need it import it themselves
+    settings = None
+
+if settings is not None:
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                   print_blob=True)
+    settings.register_profile("minires", max_examples=12, **_common)
+    settings.register_profile("thorough", max_examples=200, **_common)
+    settings.register_profile("ci", max_examples=12, derandomize=True, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minires"))
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator with a fixed seed, fresh for every test."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch (CPU is enough), or a clean skip where it is not installed."""
+    torch = pytest.importorskip("torch")
+    torch.set_default_dtype(torch.float32)
+    return torch

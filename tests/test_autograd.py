@@ -1,0 +1,326 @@
+"""The backward pass: deep graphs, fan-out, accumulation, freeing the graph, no_grad, hooks, errors."""
+import sys
+
+import numpy as np
+import pytest
+
+import minires
+import minires.functional as F
+from minires import Function, Tensor
+
+
+def leaf(values, dtype=np.float64):
+    return Tensor(np.array(values, dtype=dtype), requires_grad=True)
+
+
+# ---------------------------------------------------------------- deep graphs
+
+def test_5000_op_chain_backward_is_iterative():
+    x = leaf([1.0, 2.0])
+    y = x
+    for k in range(2500):  # 5,000 ops: a multiply and an add per step
+        y = y * 1.0001 + 0.001
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)  # a recursive walk of 5,000 nodes could not survive this
+    try:
+        y.sum().backward()
+    finally:
+        sys.setrecursionlimit(limit)
+    np.testing.assert_allclose(x.grad.numpy(), [1.0001 ** 2500] * 2, rtol=1e-10)
+
+
+def test_deep_chain_of_mixed_ops_and_intermediate_retain_grad():
+    x = leaf([0.3])
+    y = x
+    mid = None
+    for k in range(5000):
+        y = -y if k % 2 else y.exp().log()  # identity overall, 5,000 ops deep (plus a few)
+        if k == 2500:
+            mid = y.retain_grad()
+    y.backward(np.array([2.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0], rtol=1e-9)
+    np.testing.assert_allclose(abs(mid.grad.numpy()), [2.0], rtol=1e-9)
+
+
+# ---------------------------------------------------------------- fan-out
+
+def test_x_plus_x():
+    x = leaf([1.0, -3.0])
+    (x + x).backward(np.array([1.0, 5.0]))
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 10.0])
+
+
+def test_x_times_x_times_x():
+    x = leaf([2.0, -1.0])
+    (x * x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [12.0, 3.0])
+
+
+def test_tensor_used_many_times_accumulates_every_path():
+    x = leaf([1.5, 2.0])
+    a, b = 3.0, -2.0
+    y = x * a + x * b + x + x.exp() + x * x
+    y.backward(np.array([1.0, 1.0]))
+    xv = np.array([1.5, 2.0])
+    np.testing.assert_allclose(x.grad.numpy(), a + b + 1 + np.exp(xv) + 2 * xv, rtol=1e-12)
+
+
+def test_fan_out_accumulation_does_not_corrupt_shared_gradient_arrays():
+    # Add hands the same array to both inputs; summing three arrivals at `a`
+    # (two of them the same array) must not write into arrays other tensors hold.
+    x = leaf([1.0, 2.0])
+    a = x * 1.0
+    tmp = (a + a).retain_grad()
+    u = (tmp + a).retain_grad()
+    w = u * 1.0
+    w.backward(np.array([1.0, 1.0]))
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    np.testing.assert_array_equal(tmp.grad.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(u.grad.numpy(), [1.0, 1.0])
+
+
+def test_leaf_gradients_never_alias_each_other_or_the_upstream_gradient():
+    a, b = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    g = np.array([1.0, 1.0])
+    (a + b).backward(g)
+    g[:] = 100.0
+    a.grad.data[:] = -7.0
+    np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
+
+
+def test_residual_pattern_identity_plus_branch():
+    rng = np.random.default_rng(0)
+    w_np = rng.standard_normal((3, 3))
+    x_np = rng.standard_normal((2, 3))
+    g = rng.standard_normal((2, 3))
+    x, w = leaf(x_np), leaf(w_np)
+    h = x @ w
+    y = F.relu(h) + x  # y = relu(x W) + x
+    y.backward(g)
+    mask = (x_np @ w_np > 0)
+    np.testing.assert_allclose(x.grad.numpy(), g + (g * mask) @ w_np.T, rtol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), x_np.T @ (g * mask), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- accumulation and freeing
+
+def test_gradients_accumulate_across_two_backward_calls():
+    x = leaf([1.0, 2.0])
+    (x * 2).sum().backward()
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2 + 2 * 1.0, 2 + 2 * 2.0])
+    x.zero_grad()
+    assert x.grad is None
+
+
+def test_retain_graph_false_frees_the_graph():
+    x = leaf([1.0, 2.0])
+    y = (x * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 4.0])  # the failed call added nothing
+
+
+def test_retain_graph_true_allows_a_second_backward():
+    x = leaf([1.0, 2.0])
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward(retain_graph=True)
+    np.testing.assert_allclose(x.grad.numpy(), [4.0, 8.0])
+    y.backward()  # the last one may free it
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 12.0])
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        y.backward()
+
+
+def test_freed_graph_error_through_functional_op():
+    x = leaf(np.ones((1, 1, 3, 3)))
+    w = leaf(np.ones((1, 1, 2, 2)))
+    y = F.conv2d(x, w)
+    y.backward(np.ones((1, 1, 2, 2)))
+    with pytest.raises(RuntimeError, match="Conv2d.*retain_graph"):
+        y.backward(np.ones((1, 1, 2, 2)))
+
+
+# ---------------------------------------------------------------- no_grad
+
+def test_no_grad_builds_no_graph():
+    x = leaf([1.0, 2.0])
+    assert minires.is_grad_enabled()
+    with minires.no_grad():
+        assert not minires.is_grad_enabled()
+        y = x * 2 + 1
+        z = F.relu(y).exp().sum()
+    assert minires.is_grad_enabled()
+    for t in (y, z):
+        assert not t.requires_grad and t.grad_fn is None
+    np.testing.assert_array_equal(y.numpy(), [3.0, 5.0])
+    with pytest.raises(RuntimeError):
+        z.backward()
+    assert x.grad is None
+
+
+def test_no_grad_as_decorator_nesting_and_exceptions():
+    x = leaf([1.0])
+
+    @minires.no_grad()
+    def f(t):
+        return t * 3
+
+    assert f(x).grad_fn is None
+    with minires.no_grad():
+        with minires.enable_grad():
+            assert (x * 2).grad_fn is not None
+        assert (x * 2).grad_fn is None
+    with pytest.raises(ZeroDivisionError):
+        with minires.no_grad():
+            1 / 0
+    assert minires.is_grad_enabled()
+    assert (x * 2).requires_grad
+
+
+def test_ops_on_tensors_without_grad_build_no_graph():
+    a = Tensor(np.ones(3))
+    y = a * 2 + a.exp()
+    assert not y.requires_grad and y.grad_fn is None
+
+
+# ---------------------------------------------------------------- hooks
+
+def test_hook_is_called_with_the_gradient():
+    x = leaf([1.0, 2.0, 3.0])
+    h = x * 2
+    seen = []
+    h.register_hook(lambda g: seen.append(g.numpy().copy()))
+    (h * h).sum().backward()
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], 2 * np.array([2.0, 4.0, 6.0]))
+    np.testing.assert_allclose(x.grad.numpy(), 2 * 2 * np.array([2.0, 4.0, 6.0]))
+
+
+def test_hook_can_replace_the_gradient():
+    x = leaf([1.0, 2.0])
+    h = x * 3
+    h.register_hook(lambda g: g * 0.5)
+    h.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1.5, 1.5])
+    # on a leaf: what reaches .grad is the replaced gradient
+    w = leaf([1.0, 1.0])
+    w.register_hook(lambda g: Tensor(np.array([7.0, 8.0])))
+    (w * 2).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [7.0, 8.0])
+
+
+def test_hook_returning_none_keeps_the_gradient_and_hooks_chain():
+    x = leaf([1.0])
+    calls = []
+    x.register_hook(lambda g: calls.append("a"))
+    x.register_hook(lambda g: g * 10)
+    x.register_hook(lambda g: calls.append(float(g.item())))
+    (x * 2).sum().backward()
+    assert calls == ["a", 20.0]
+    np.testing.assert_array_equal(x.grad.numpy(), [20.0])
+
+
+def test_hook_handle_remove():
+    x = leaf([1.0])
+    calls = []
+    handle = x.register_hook(lambda g: calls.append(1) or g * 100)
+    (x * 2).sum().backward()
+    assert calls == [1] and x.grad.item() == 200.0
+    handle.remove()
+    handle.remove()  # twice is harmless
+    x.grad = None
+    (x * 2).sum().backward()
+    assert calls == [1] and x.grad.item() == 2.0
+
+
+def test_hook_with_wrong_shape_is_rejected():
+    x = leaf([1.0, 2.0])
+    x.register_hook(lambda g: Tensor(np.ones(3)))
+    with pytest.raises(minires.ShapeError, match=r"\(3,\)"):
+        (x * 2).sum().backward()
+
+
+def test_register_hook_needs_requires_grad():
+    with pytest.raises(RuntimeError, match="require"):
+        Tensor(np.ones(2)).register_hook(lambda g: g)
+
+
+# ---------------------------------------------------------------- errors
+
+def test_non_scalar_backward_without_grad_raises():
+    x = leaf(np.ones((2, 3)))
+    y = x * 2
+    with pytest.raises(RuntimeError, match=r"\(2, 3\)"):
+        y.backward()
+    with pytest.raises(minires.ShapeError, match=r"\(3, 2\)"):
+        y.backward(np.ones((3, 2)))
+    y.backward(np.full((2, 3), 0.5))
+    np.testing.assert_array_equal(x.grad.numpy(), np.ones((2, 3)))
+
+
+def test_single_element_non_scalar_backward_is_allowed():
+    x = leaf([[3.0]])
+    (x * x).backward()
+    assert x.grad.numpy().tolist() == [[6.0]]
+
+
+def test_backward_of_tensor_without_grad_raises():
+    with pytest.raises(RuntimeError, match="require"):
+        Tensor(np.ones(1)).backward()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Tensor(np.arange(3), requires_grad=True),
+    lambda: minires.tensor([1, 2], requires_grad=True),
+    lambda: minires.arange(3).requires_grad_(),
+    lambda: minires.zeros(2, dtype=np.int32, requires_grad=True),
+])
+def test_requires_grad_on_integer_tensors_raises(make):
+    with pytest.raises(minires.DTypeError, match="int"):
+        make()
+
+
+def test_requires_grad_setter_on_integer_tensor_raises():
+    t = minires.tensor([1, 2])
+    with pytest.raises(minires.DTypeError, match="int64"):
+        t.requires_grad = True
+    assert not t.requires_grad
+
+
+# ---------------------------------------------------------------- custom functions
+
+class ScaleFirst(Function):
+    """y = 2 a + b (b gets no gradient: returns None for it)."""
+
+    def forward(self, a, b):
+        return 2 * a + b
+
+    def backward(self, grad):
+        return 2 * grad, None
+
+
+def test_custom_function_none_gradient_and_needs_input_grad():
+    a, b = leaf([1.0]), leaf([5.0])
+    y = ScaleFirst.apply(a, b)
+    assert y.grad_fn.needs_input_grad == (True, True)
+    y.sum().backward()
+    assert a.grad.item() == 2.0 and b.grad is None
+    y2 = ScaleFirst.apply(leaf([1.0]), Tensor(np.array([1.0])))
+    assert y2.grad_fn.needs_input_grad == (True, False)
+
+
+class WrongShape(Function):
+    def forward(self, a):
+        return a * 1
+
+    def backward(self, grad):
+        return grad[:1]
+
+
+def test_backward_returning_wrong_shape_is_named():
+    x = leaf([1.0, 2.0])
+    with pytest.raises(minires.ShapeError, match="WrongShape"):
+        WrongShape.apply(x).sum().backward()
