@@ -49,6 +49,19 @@ def _eval(args):
     print(f"{data} test set: loss {loss:.4f}, accuracy {100 * acc:.2f}%")
 
 
+def _experiment(args):
+    from .experiments import degradation
+    depths = tuple(int(d) for d in args.depths.split(","))
+    from . import models
+    for d in depths:
+        for kind in ("plain", "resnet"):
+            if f"{kind}{d}" not in models.list():
+                raise ValueError(f"no {kind}{d} model: depths must be 6n+2 with a plain twin "
+                                 "(8, 20, 32, 44, 56, 110)")
+    degradation(data=args.data, depths=depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, out=args.out, data_root=args.data_root, progress=not args.quiet)
+
+
 def _models(args):
     from . import models
     print("\n".join(models.list()))
@@ -89,6 +102,19 @@ def build_parser():
     p.add_argument("--data", help="evaluate on another dataset with the same channels and classes")
     p.add_argument("--data-root")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("experiment", help="run a paper's experiment: `minires experiment degradation`")
+    p.add_argument("name", choices=["degradation"], help="degradation: plain vs residual nets of growing depth")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-root")
+    p.add_argument("--depths", default="8,20,56", help="comma-separated depths (6n+2), default 8,20,56")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_experiment)
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes, parameters and multiply-adds")
     p.add_argument("model", help="a model name, e.g. resnet50 or resnet20 (see `minires models`)")

@@ -1,15 +1,15 @@
 """The ResNet family and its relatives, buildable by name: ``minires.models.get("resnet20")``."""
 from .blocks import (BasicBlock, Bottleneck, PadChannels, PreActBlock, PreActBottleneck, ResidualBlock,
                      make_shortcut)
-from .cifar import (CifarResNet, PreActCifarResNet, plain20, plain32, plain44, plain56, plain110,
-                    preact_resnet110, preact_resnet164, preact_resnet1001, resnet20, resnet32, resnet44,
+from .cifar import (CifarResNet, PreActCifarResNet, plain8, plain20, plain32, plain44, plain56, plain110,
+                    preact_resnet110, preact_resnet164, preact_resnet1001, resnet8, resnet20, resnet32, resnet44,
                     resnet56, resnet110, resnet1202)
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 
 _REGISTRY = {f.__name__: f for f in (
     resnet18, resnet34, resnet50, resnet101, resnet152,
-    resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202,
-    plain20, plain32, plain44, plain56, plain110,
+    resnet8, resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202,
+    plain8, plain20, plain32, plain44, plain56, plain110,
     preact_resnet110, preact_resnet164, preact_resnet1001)}
 
 

@@ -6,8 +6,11 @@ filters, global average pooling and a fully connected layer. The shortcuts
 are option A (parameter-free), so ResNet and its plain twin have the same
 parameter count:
 
-    n      3      5      7      9      18      200
-    depth  20     32     44     56     110     1202
+    n      1     3      5      7      9      18      200
+    depth  8     20     32     44     56     110     1202
+
+(ResNet-8 is not in the paper's table; it is the smallest member, handy for
+quick experiments and tests.)
 """
 from .. import functional as F
 from .. import nn
@@ -96,8 +99,9 @@ def _cifar(n, residual):
     return build
 
 
-resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202 = (_cifar(n, True) for n in (3, 5, 7, 9, 18, 200))
-plain20, plain32, plain44, plain56, plain110 = (_cifar(n, False) for n in (3, 5, 7, 9, 18))
+resnet8, resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202 = (
+    _cifar(n, True) for n in (1, 3, 5, 7, 9, 18, 200))
+plain8, plain20, plain32, plain44, plain56, plain110 = (_cifar(n, False) for n in (1, 3, 5, 7, 9, 18))
 
 
 def preact_resnet110(**kwargs):
