@@ -4,13 +4,16 @@ from .blocks import (BasicBlock, Bottleneck, PadChannels, PreActBlock, PreActBot
 from .cifar import (CifarResNet, PreActCifarResNet, plain8, plain20, plain32, plain44, plain56, plain110,
                     preact_resnet110, preact_resnet164, preact_resnet1001, resnet8, resnet20, resnet32, resnet44,
                     resnet56, resnet110, resnet1202)
+from .densenet import DenseBlock, DenseLayer, DenseNet, Transition, densenet_bc_40, densenet_bc_100
+from .highway import HighwayBlock, HighwayNet, highway20
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 
 _REGISTRY = {f.__name__: f for f in (
     resnet18, resnet34, resnet50, resnet101, resnet152,
     resnet8, resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202,
     plain8, plain20, plain32, plain44, plain56, plain110,
-    preact_resnet110, preact_resnet164, preact_resnet1001)}
+    preact_resnet110, preact_resnet164, preact_resnet1001,
+    densenet_bc_40, densenet_bc_100, highway20)}
 
 
 def register(fn, name=None):
