@@ -8,6 +8,7 @@ A run writes into its own folder:
     curves.png        loss and accuracy curves, train and test
     checkpoint.npz    everything needed to continue (model, optimiser, schedule, epoch, random state)
     model.npz         the final weights alone: ``model.load_state_dict(minires.load("model.npz"))``
+    gradient_flow.png the trained model's gradient at each block input, via identity and residual branch
 
 Checkpoints are ``.npz`` files (no pickle) written atomically, so a crash
 mid-write leaves the previous checkpoint intact.
@@ -263,7 +264,23 @@ class Run:
             return self.history
         _save_npz({k: v.numpy() for k, v in self.model.state_dict().items()},
                   os.path.join(self.folder, "model.npz"))
+        self.write_gradient_flow()
         return self.history
+
+    def write_gradient_flow(self):
+        """``gradient_flow.png``: the trained model's gradient per block, through identity and branch."""
+        from .viz.gradflow import gradient_flow, plot_block_contributions
+        images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False)))
+        self.model.eval()  # running statistics stay as trained (BN's backward works in eval mode)
+        flow = gradient_flow(self.model, images.to(self.device), labels.to(self.device))
+        self.model.zero_grad()
+        if not flow.blocks:
+            return
+        fig = plot_block_contributions(flow, title=f"{self.config.model} after {self.epoch} epochs: "
+                                                   "gradient at each block's input")
+        fig.savefig(os.path.join(self.folder, "gradient_flow.png"), dpi=100)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
 
     def write_metrics(self):
         fields = list(self.history[0])

@@ -34,8 +34,10 @@ def finished_run(tmp_path_factory):
 
 def test_run_folder_holds_metrics_curves_and_checkpoints(finished_run):
     folder = finished_run.folder
-    assert sorted(os.listdir(folder)) == ["checkpoint.npz", "config.json", "curves.png", "metrics.csv",
-                                          "metrics.json", "model.npz"]
+    assert sorted(os.listdir(folder)) == ["checkpoint.npz", "config.json", "curves.png", "gradient_flow.png",
+                                          "metrics.csv", "metrics.json", "model.npz"]
+    with open(os.path.join(folder, "gradient_flow.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(folder, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -1,0 +1,10 @@
+"""Looking at models: ``summary`` (a table of layers, shapes, parameters, multiply-adds) and
+``plot_model`` (the architecture as a diagram, shortcuts drawn as in the paper's Figure 3)."""
+from .gradflow import (BlockFlow, GradientFlow, LayerFlow, gradient_flow, plot_block_contributions,
+                       plot_gradient_norms, plot_training_curves)
+from .diagram import Diagram, DiagramEdge, DiagramNode, model_diagram, plot_model, to_dot
+from .summary import LayerRow, SummaryResult, format_count, summary
+
+__all__ = ["gradient_flow", "GradientFlow", "BlockFlow", "LayerFlow", "plot_gradient_norms",
+           "plot_block_contributions", "plot_training_curves", "summary", "SummaryResult", "LayerRow", "format_count",
+           "plot_model", "model_diagram", "to_dot", "Diagram", "DiagramNode", "DiagramEdge"]

@@ -1,0 +1,205 @@
+"""``summary(model, input_shape)``: a table of a model's layers, output shapes, parameters and multiply-adds.
+
+One forward pass on zeros, in eval mode and under ``no_grad``, with a forward
+hook on every module. Multiply-adds are counted per image, for ``Conv2d``
+(output elements x in_channels x kh x kw) and ``Linear`` (output elements x
+in_features) only: the convention of the ResNet paper's Table 1 and of
+torchvision's published GFLOPS, where batch norm, ReLU, pooling and the
+residual additions are not counted.
+"""
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import nn
+from ..autograd import no_grad
+from ..backend import to_device
+from ..tensor import Tensor
+
+
+@dataclass
+class LayerRow:
+    """One module of the model: its qualified name, type, output shape, parameters and multiply-adds.
+
+    ``params`` and ``macs`` include everything under the module (a block's row
+    sums its layers); ``output_shape`` is that of the module's first call
+    (None if the forward pass never called it).
+    """
+
+    name: str
+    type: str
+    depth: int
+    output_shape: object
+    params: int
+    macs: int
+    calls: int = 0
+
+
+@dataclass(repr=False)
+class SummaryResult:
+    """What ``summary`` measured: the printed rows, every row, and the totals over every layer."""
+
+    model: str
+    input_shape: tuple
+    depth: object
+    rows: list                     # the rows the table shows (depth <= ``depth``)
+    all_rows: list                 # every module under the model, in definition order
+    total_params: int
+    trainable_params: int
+    total_macs: int                # multiply-adds per image, Conv2d and Linear only
+    text: str = field(default="")
+
+    def row(self, name):
+        """The row of the module called ``name`` (e.g. "layer1.0.conv1"), whatever the depth."""
+        for r in self.all_rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"summary of {self.model}: no layer called {name!r}")
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return (f"SummaryResult(model={self.model!r}, input_shape={self.input_shape}, "
+                f"total_params={self.total_params:,}, trainable_params={self.trainable_params:,}, "
+                f"total_macs={self.total_macs:,})")
+
+
+def format_count(n):
+    """A count in the papers' style: 4089184256 -> "4.09 G", 40551040 -> "40.55 M", 640 -> "640"."""
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(int(n))
+
+
+def _layer_macs(module, output, batch):
+    """Multiply-adds of one call of a Conv2d or Linear per image; 0 for every other module."""
+    if not isinstance(output, Tensor) or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        return 0
+    per_image = int(np.prod(output.shape)) // batch
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * module.in_channels * kh * kw
+    return per_image * module.in_features
+
+
+def _shape_of(output):
+    if isinstance(output, Tensor):
+        return tuple(int(s) for s in output.shape)
+    if isinstance(output, (tuple, list)):
+        return tuple(_shape_of(o) for o in output)
+    return None
+
+
+def _format_shape(shape):
+    if shape is None:
+        return "--"
+    if shape and isinstance(shape[0], tuple):
+        return ", ".join(_format_shape(s) for s in shape)
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _check_input_shape(input_shape):
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if not shape or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                            for s in shape):
+        raise ValueError(f"summary: input_shape must be a tuple of positive ints including the batch "
+                         f"dimension, e.g. (1, 3, 224, 224); got {input_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _example_input(model, shape):
+    """Zeros of ``shape`` with the dtype and on the device of the model's first floating parameter."""
+    dtype, device = np.float32, "cpu"
+    for p in model.parameters():
+        if p.data.dtype.kind == "f":
+            dtype, device = p.data.dtype, p.device
+            break
+    data = np.zeros(shape, dtype=dtype)
+    return Tensor(data if device == "cpu" else to_device(data, device))
+
+
+def _table(title, rows, totals):
+    headers = ("Layer", "Type", "Output shape", "Params", "Mult-adds")
+    cells = [(("  " * (r.depth - 1)) + r.name, r.type, _format_shape(r.output_shape),
+              f"{r.params:,}" if r.params else "--", format_count(r.macs) if r.macs else "--") for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+    width = sum(widths) + 2 * (len(widths) - 1)
+    align = ("<", "<", "<", ">", ">")
+
+    def line(values):
+        return "  ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
+
+    out = [title, "=" * width, line(headers), "-" * width]
+    out += [line(c) for c in cells]
+    out += ["=" * width] + totals
+    return "\n".join(out)
+
+
+def summary(model, input_shape, depth=2, file=None):
+    """Print a table of ``model``'s layers (name, type, output shape, parameters, multiply-adds per image).
+
+    ``input_shape`` includes the batch dimension, e.g. (1, 3, 224, 224); ``depth`` chooses the rows shown
+    (1: the model's children, 2: their children too, None: all) while the totals always cover every layer.
+    Prints to ``file`` (default stdout) and returns a ``SummaryResult``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"summary: expected a minires.nn.Module, got {type(model).__name__}")
+    if depth is not None and (not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 0):
+        raise ValueError(f"summary: depth must be a non-negative int or None, got {depth!r}")
+    shape = _check_input_shape(input_shape)
+    batch = shape[0]
+
+    named = list(model.named_modules())
+    stats = {id(m): {"shape": None, "macs": 0, "calls": 0} for _, m in named}
+
+    def hook(module, inputs, output):
+        s = stats[id(module)]
+        if s["calls"] == 0:
+            s["shape"] = _shape_of(output)
+        s["calls"] += 1
+        s["macs"] += _layer_macs(module, output, batch)
+
+    modes = [(m, m.training) for _, m in named]
+    handles = [m.register_forward_hook(hook) for _, m in named]
+    try:
+        model.eval()
+        with no_grad():
+            model(_example_input(model, shape))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
+
+    # a module's row covers everything under it (each shared module or parameter once)
+    all_rows = []
+    for name, m in named[1:]:
+        subtree = list(m.modules())
+        all_rows.append(LayerRow(
+            name=name, type=type(m).__name__, depth=name.count(".") + 1,
+            output_shape=stats[id(m)]["shape"],
+            params=sum(p.size for p in m.parameters()),
+            macs=sum(stats[id(s)]["macs"] for s in subtree),
+            calls=stats[id(m)]["calls"]))
+    rows = [r for r in all_rows if depth is None or r.depth <= depth]
+
+    total_params = model.num_parameters()
+    trainable = model.num_parameters(trainable_only=True)
+    total_macs = sum(s["macs"] for s in stats.values())
+    title = (f"{type(model).__name__} summary: input {_format_shape(shape)}, "
+             f"multiply-adds per image (Conv2d and Linear)")
+    totals = [f"{'Total params:':<22}{total_params:,}",
+              f"{'Trainable params:':<22}{trainable:,}",
+              f"{'Non-trainable params:':<22}{total_params - trainable:,}",
+              f"{'Total multiply-adds:':<22}{format_count(total_macs)} ({total_macs:,}) per image"]
+    text = _table(title, rows, totals)
+    print(text, file=sys.stdout if file is None else file)
+    return SummaryResult(model=type(model).__name__, input_shape=shape, depth=depth, rows=rows,
+                         all_rows=all_rows, total_params=total_params, trainable_params=trainable,
+                         total_macs=total_macs, text=text)

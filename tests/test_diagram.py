@@ -1,0 +1,268 @@
+"""minires.viz.plot_model: blocks and shortcut styles as in the paper's Figure 3, both renderers.
+
+Solid bypass arrows for identity shortcuts, dashed for the ones that change
+the shape (option-A zero-pad or a projection), none for plain blocks. The
+expected blocks come from the paper's architectures (ResNet-20: the first
+block of stages 2 and 3 changes the shape; ResNet-50 with option B: the first
+block of every stage), not from the code under test.
+"""
+import os
+import shutil
+import stat
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from minires import models
+from minires.models import ResidualBlock
+from minires.viz import model_diagram, plot_model, to_dot
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RESNET20_BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+RESNET20_DASHED = {"layer2.0", "layer3.0"}
+RESNET50_DASHED = {"layer1.0", "layer2.0", "layer3.0", "layer4.0"}   # 64 -> 256 needs a projection too
+
+
+def _styles(diagram):
+    return {e.block: e.style for e in diagram.shortcuts}
+
+
+def _dashed_groups(svg_path):
+    """(ids of <g> groups holding a dashed stroke, number of dashed strokes outside any shortcut group)."""
+    root = ET.parse(svg_path).getroot()
+    groups, stray = set(), 0
+
+    def walk(element, owner):
+        gid = element.get("id", "")
+        if element.tag.endswith("}g") and gid.startswith("shortcut-"):
+            owner = gid
+        dashed = "stroke-dasharray" in element.get("style", "") or element.get("stroke-dasharray")
+        if dashed and "none" not in str(element.get("stroke-dasharray", "")):
+            nonlocal stray
+            if owner is None:
+                stray += 1
+            else:
+                groups.add(owner)
+        for child in element:
+            walk(child, owner)
+
+    walk(root, None)
+    return groups, stray
+
+
+def _shortcut_group_ids(svg_path):
+    root = ET.parse(svg_path).getroot()
+    return {e.get("id") for e in root.iter() if e.get("id", "").startswith("shortcut-")}
+
+
+# ---------------------------------------------------------------- the diagram as data
+
+
+def test_resnet20_shortcuts():
+    diagram = model_diagram(models.resnet20())
+    assert [e.block for e in diagram.shortcuts] == RESNET20_BLOCKS
+    styles = _styles(diagram)
+    assert {b for b, s in styles.items() if s == "dashed"} == RESNET20_DASHED
+    assert sum(s == "solid" for s in styles.values()) == 7
+    assert diagram.shortcuts[3].label == "zero-pad to 32 /2" and diagram.shortcuts[0].label == "identity"
+
+
+def test_styles_follow_the_blocks_shortcut_modules():
+    for model in (models.resnet20(), models.resnet18(), models.resnet20(shortcut="B"),
+                  models.resnet20(shortcut="C"), models.preact_resnet110()):
+        expected = {name: ("solid" if m.downsample is None else "dashed")
+                    for name, m in model.named_modules() if isinstance(m, ResidualBlock)}
+        assert _styles(model_diagram(model)) == expected
+    assert set(_styles(model_diagram(models.resnet20(shortcut="C"))).values()) == {"dashed"}
+
+
+def test_plain_network_has_no_shortcuts():
+    diagram = model_diagram(models.plain20())
+    assert diagram.shortcuts == []
+    assert [n.name for n in diagram.nodes if n.kind == "block"] == RESNET20_BLOCKS
+    assert not any(n.kind == "add" for n in diagram.nodes)
+
+
+def test_resnet50_boxes_and_labels():
+    diagram = model_diagram(models.resnet50())
+    labels = {n.name: n.label for n in diagram.nodes}
+    assert labels["stem"] == "stem: 7x7 conv 64 /2, BN, ReLU, 3x3 max pool /2"
+    assert labels["layer2.0"] == "layer2.0: 1x1 conv 128, 3x3 conv 128 /2, 1x1 conv 512"
+    assert labels["head"] == "head: global avg pool, fc 1000"
+    assert [n.kind for n in diagram.nodes][:2] == ["input", "stem"] and diagram.nodes[-1].kind == "output"
+    assert sum(n.kind == "block" for n in diagram.nodes) == 3 + 4 + 6 + 3
+    styles = _styles(diagram)
+    assert {b for b, s in styles.items() if s == "dashed"} == RESNET50_DASHED and len(styles) == 16
+    assert diagram.shortcuts[3].label == "1x1 conv 512 /2, BN"
+    paper = model_diagram(models.resnet50(stride_on_1x1=True))
+    assert {n.name: n.label for n in paper.nodes}["layer2.0"] == \
+        "layer2.0: 1x1 conv 128 /2, 3x3 conv 128, 1x1 conv 512"
+
+
+def test_resnet20_labels_and_shapes():
+    model = models.resnet20().train()
+    diagram = model_diagram(model, input_shape=(1, 3, 32, 32))
+    nodes = {n.name: n for n in diagram.nodes}
+    assert nodes["layer2.0"].label == "layer2.0: 3x3 conv 32 /2, 3x3 conv 32\n32x16x16"
+    assert nodes["stem"].layers == ["3x3 conv 16", "BN", "ReLU"] and nodes["stem"].shape == (16, 32, 32)
+    assert nodes["layer3.2"].shape == (64, 8, 8) and nodes["head"].shape == (10,)
+    assert nodes["input"].shape == (3, 32, 32)
+    assert all(m.training for m in model.modules()) and not any(m._forward_hooks for m in model.modules())
+
+
+def test_shortcuts_bypass_their_block():
+    diagram = model_diagram(models.resnet20())
+    main = {(e.src, e.dst) for e in diagram.edges if e.kind == "main"}
+    block_id = {n.name: n.id for n in diagram.nodes}
+    kinds = {n.id: n.kind for n in diagram.nodes}
+    for e in diagram.shortcuts:
+        assert (e.src, block_id[e.block]) in main and (block_id[e.block], e.dst) in main
+        assert kinds[e.dst] == "add"
+    # the forward path is one chain from input to output
+    chain = [e for e in diagram.edges if e.kind == "main"]
+    assert [e.src for e in chain[1:]] == [e.dst for e in chain[:-1]]
+    assert chain[0].src == diagram.nodes[0].id and chain[-1].dst == diagram.nodes[-1].id
+
+
+# ---------------------------------------------------------------- matplotlib
+
+
+def test_matplotlib_png(tmp_path):
+    path = tmp_path / "resnet20.png"
+    diagram = plot_model(models.resnet20(), path, input_shape=(1, 3, 32, 32), backend="matplotlib")
+    assert diagram.backend == "matplotlib" and diagram.path == str(path)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    import matplotlib.image
+    image = matplotlib.image.imread(str(path))
+    assert image.shape[0] > image.shape[1] > 200          # a tall drawing, top to bottom
+
+
+@pytest.mark.parametrize("name, dashed, count", [("resnet20", RESNET20_DASHED, 9), ("plain20", set(), 0),
+                                                 ("resnet50", RESNET50_DASHED, 16)])
+def test_matplotlib_svg_dashes_exactly_the_projections(tmp_path, name, dashed, count):
+    path = tmp_path / f"{name}.svg"
+    plot_model(models.get(name), path, backend="matplotlib")
+    root = ET.parse(path).getroot()
+    assert root.tag.endswith("svg")
+    groups, stray = _dashed_groups(path)
+    assert groups == {f"shortcut-{b}" for b in dashed} and stray == 0
+    assert len(_shortcut_group_ids(path)) == count
+    if not dashed:
+        assert "stroke-dasharray" not in path.read_text()
+
+
+def test_matplotlib_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+    backend = matplotlib.get_backend()
+    plot_model(models.resnet20(), tmp_path / "r.png", backend="matplotlib")
+    assert matplotlib.get_backend() == backend
+
+
+# ---------------------------------------------------------------- graphviz
+
+
+def test_dot_source():
+    source = to_dot(models.resnet20())
+    assert source.startswith('digraph "CifarResNet" {') and source.rstrip().endswith("}")
+    shortcut_lines = [line for line in source.splitlines() if 'id="shortcut-' in line]
+    assert len(shortcut_lines) == 9
+    dashed = {line.split('id="shortcut-')[1].split('"')[0] for line in shortcut_lines if "style=dashed" in line}
+    assert dashed == RESNET20_DASHED
+    assert sum("style=solid" in line for line in shortcut_lines) == 7
+    assert 'label="layer2.0: 3x3 conv 32 /2, 3x3 conv 32"' in source
+    plain = to_dot(models.plain20())
+    assert "style=dashed" not in plain and "shortcut-" not in plain and "layer3.2" in plain
+
+
+def test_dot_file(tmp_path):
+    model = models.resnet50()
+    diagram = plot_model(model, tmp_path / "r50.dot")
+    text = (tmp_path / "r50.dot").read_text()
+    assert text == to_dot(model_diagram(model)) and diagram.backend == "graphviz"
+    assert text.count("style=dashed") == 4
+    assert 'label=" 1x1 conv 512 /2, BN"' in text
+
+
+def test_dot_quotes_are_escaped():
+    diagram = model_diagram(models.resnet20())
+    diagram.model = 'my "net"\\'
+    assert 'digraph "my \\"net\\"\\\\" {' in to_dot(diagram)
+
+
+def _fake_dot(folder, body):
+    """A `dot` on PATH that logs its arguments and stdin, then runs ``body`` (sh)."""
+    script = folder / "dot"
+    script.write_text(f'#!/bin/sh\nPATH=/usr/bin:/bin\necho "$@" > "{folder}/args"\ncat > "{folder}/stdin"\n{body}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_graphviz_is_called_with_the_source(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_dot(bin_dir, 'for last; do :; done\nprintf fake > "$last"')
+    monkeypatch.setenv("PATH", str(bin_dir))
+    out = tmp_path / "r.svg"
+    diagram = plot_model(models.resnet20(), out)                 # auto: dot is on PATH
+    assert diagram.backend == "graphviz" and out.read_text() == "fake"
+    assert (bin_dir / "args").read_text().split() == ["-Tsvg", "-o", str(out)]
+    assert (bin_dir / "stdin").read_text() == to_dot(model_diagram(models.resnet20()))
+
+
+def test_graphviz_failure(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_dot(bin_dir, "echo 'syntax error' >&2\nexit 3")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(RuntimeError, match="exit 3.*syntax error"):
+        plot_model(models.resnet20(), tmp_path / "a.png", backend="graphviz")
+    with pytest.warns(RuntimeWarning, match="matplotlib instead"):
+        diagram = plot_model(models.resnet20(), tmp_path / "b.png")        # auto falls back
+    assert diagram.backend == "matplotlib" and (tmp_path / "b.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_no_graphviz(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))                           # an empty folder: no dot
+    with pytest.raises(RuntimeError, match="`dot`.*not on PATH"):
+        plot_model(models.resnet20(), tmp_path / "a.png", backend="graphviz")
+    assert plot_model(models.resnet20(), tmp_path / "b.svg").backend == "matplotlib"
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+@pytest.mark.parametrize("name, dashed", [("resnet20", RESNET20_DASHED), ("plain20", set())])
+def test_graphviz_renders(tmp_path, name, dashed):
+    png, svg = tmp_path / "m.png", tmp_path / "m.svg"
+    assert plot_model(models.get(name), png, backend="graphviz").backend == "graphviz"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    plot_model(models.get(name), svg, backend="graphviz")
+    groups, stray = _dashed_groups(svg)
+    assert groups == {f"shortcut-{b}" for b in dashed} and stray == 0
+    assert len(_shortcut_group_ids(svg)) == (9 if name == "resnet20" else 0)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_arguments(tmp_path):
+    model = models.resnet20()
+    with pytest.raises(ValueError, match="format.*'x.jpg'"):
+        plot_model(model, "x.jpg")
+    with pytest.raises(ValueError, match="backend"):
+        plot_model(model, tmp_path / "x.png", backend="tikz")
+    with pytest.raises(ValueError, match="Graphviz source"):
+        plot_model(model, tmp_path / "x.dot", backend="matplotlib")
+    with pytest.raises(TypeError, match="Module"):
+        plot_model("resnet20", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="input_shape"):
+        plot_model(model, tmp_path / "x.png", input_shape=(3, 0))
+    assert not os.listdir(tmp_path)
+
+
+def test_models_without_blocks_and_a_lone_block():
+    from minires import nn
+    mlp = model_diagram(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert [n.label for n in mlp.nodes] == ["input", "Sequential: fc 4, ReLU, fc 2", "output"]
+    assert mlp.shortcuts == []
+    block = model_diagram(models.resnet20().layer2[0])
+    assert [n.kind for n in block.nodes] == ["input", "block", "add", "output"]
+    assert [(e.style, e.label) for e in block.shortcuts] == [("dashed", "zero-pad to 32 /2")]

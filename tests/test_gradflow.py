@@ -1,0 +1,73 @@
+"""Gradient flow: the per-block norms agree with the engine's gradients and records."""
+import numpy as np
+import pytest
+
+import minires
+from minires import models
+from minires.viz.gradflow import (gradient_flow, plot_block_contributions, plot_gradient_norms,
+                                  plot_training_curves)
+
+
+def _batch(n=8, size=16):
+    rng = np.random.default_rng(0)
+    return (minires.tensor(rng.standard_normal((n, 3, size, size)).astype(np.float32)),
+            minires.tensor(np.arange(n) % 10))
+
+
+def test_block_norms_match_the_records_and_the_input_gradient():
+    minires.manual_seed(0)
+    model = models.resnet20()
+    x, y = _batch()
+    with minires.record_residuals() as records:
+        flow = gradient_flow(model, x, y)
+    assert [b.name for b in flow.blocks] == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+    assert len(records) == 9
+    for block, record in zip(flow.blocks, records):
+        assert block.identity == pytest.approx(np.linalg.norm(record.via_shortcut), rel=1e-6)
+        assert block.residual == pytest.approx(np.linalg.norm(record.via_residual), rel=1e-6)
+        # the total is measured independently (the gradient retained at the block's input tensor)
+        assert block.total == pytest.approx(np.linalg.norm(record.via_shortcut + record.via_residual), rel=1e-4)
+
+
+def test_zero_branch_sends_everything_through_the_identity():
+    minires.manual_seed(1)
+    model = models.resnet20(zero_init_residual=True).eval()
+    flow = gradient_flow(model, *_batch())
+    for b in flow.blocks:
+        assert b.residual == 0.0
+        assert b.total == pytest.approx(b.identity, rel=1e-6)
+
+
+def test_plain_network_has_only_the_layer_path():
+    minires.manual_seed(2)
+    flow = gradient_flow(models.plain20(), *_batch())
+    assert len(flow.blocks) == 9
+    assert all(b.identity == 0.0 and b.residual == b.total > 0 for b in flow.blocks)
+
+
+def test_layer_rows_are_the_weight_gradients():
+    minires.manual_seed(3)
+    model = models.resnet20()
+    flow = gradient_flow(model, *_batch())
+    rows = {r.name: r for r in flow.layers}
+    conv = model.layer2[0].conv1
+    assert rows["layer2.0.conv1"].grad_norm == pytest.approx(np.linalg.norm(conv.weight.grad.numpy()), rel=1e-6)
+    assert rows["layer2.0.conv1"].ratio == pytest.approx(
+        np.linalg.norm(conv.weight.grad.numpy()) / np.linalg.norm(conv.weight.numpy()), rel=1e-6)
+    assert len(flow.layers) == 19 + 19 + 1  # convolutions, batch norms, fc
+
+
+def test_plots_are_figures_that_save(tmp_path):
+    minires.manual_seed(4)
+    flows = {name: gradient_flow(models.get(name), *_batch()) for name in ("plain20", "resnet20")}
+    history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 1 - 0.5 / e,
+                "test_acc": 1 - 0.6 / e} for e in (1, 2, 3)]
+    for i, fig in enumerate([plot_gradient_norms(flows), plot_block_contributions(flows["resnet20"]),
+                             plot_training_curves({"a": history, "b": history})]):
+        for ext in ("png", "svg"):
+            path = tmp_path / f"fig{i}.{ext}"
+            fig.savefig(path)
+            assert path.stat().st_size > 1000
+    axes = plot_gradient_norms(flows).axes[0]
+    assert [line.get_label() for line in axes.lines] == ["plain20", "resnet20"]
+    np.testing.assert_allclose(axes.lines[1].get_ydata(), flows["resnet20"].block_totals())
