@@ -88,6 +88,23 @@ def test_leaf_gradients_never_alias_each_other_or_the_upstream_gradient():
     np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
 
 
+def test_backward_of_a_leaf_does_not_alias_the_given_gradient():
+    x = leaf([1.0, 2.0])
+    g = np.array([3.0, 4.0])
+    x.backward(g)
+    g[:] = 0.0
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 4.0])
+
+
+def test_leaf_gradient_does_not_alias_what_a_hook_returned():
+    x = leaf([1.0, 2.0])
+    replacement = Tensor(np.array([5.0, 6.0]))
+    x.register_hook(lambda g: replacement)
+    (x + x).backward(np.array([1.0, 1.0]))  # two arrivals: the engine owns the summed array
+    replacement.data[:] = -1.0
+    np.testing.assert_array_equal(x.grad.numpy(), [5.0, 6.0])
+
+
 def test_residual_pattern_identity_plus_branch():
     rng = np.random.default_rng(0)
     w_np = rng.standard_normal((3, 3))

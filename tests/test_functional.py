@@ -453,6 +453,12 @@ def test_pooling_defaults_and_hand_values():
     np.testing.assert_array_equal(F.max_pool2d(neg, 2, 1, 1).numpy()[0, 0], [[-1, -1, -2], [-1, -1, -2], [-3, -3, -4]])
 
 
+def test_max_pool2d_ties_go_to_the_first_maximum_like_pytorch():
+    x = T(np.array([[3.0, 1.0, 2.0, 2.0], [3.0, 3.0, 2.0, 2.0]]).reshape(1, 1, 2, 4))
+    F.max_pool2d(x, 2).backward(np.array([10.0, 20.0]).reshape(1, 1, 1, 2))
+    np.testing.assert_array_equal(x.grad.numpy()[0, 0], [[10, 0, 20, 0], [0, 0, 0, 0]])
+
+
 @given(h=st.integers(1, 6), w=st.integers(1, 6), oh=st.integers(1, 4), ow=st.integers(1, 4), seed=seeds())
 def test_adaptive_avg_pool2d_gradcheck_and_loops(h, w, oh, ow, seed):
     rng = np.random.default_rng(seed)
@@ -487,6 +493,39 @@ def test_linear_gradcheck_and_value(lead, fin, fout, bias, seed):
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-14)
     inputs = [T(x_np), T(w_np)] + ([T(b_np)] if bias else [])
     minires.gradcheck(lambda x, w, *b: F.linear(x, w, b[0] if b else None), inputs)
+
+
+def test_linear_gradient_by_hand(rng):
+    x_np, w_np, b_np = rng.standard_normal((4, 3)), rng.standard_normal((2, 3)), rng.standard_normal(2)
+    G = rng.standard_normal((4, 2))
+    x, w, b = T(x_np), T(w_np), T(b_np)
+    F.linear(x, w, b).backward(G)
+    np.testing.assert_allclose(x.grad.numpy(), G @ w_np, rtol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), G.T @ x_np, rtol=1e-12)
+    np.testing.assert_allclose(b.grad.numpy(), G.sum(axis=0), rtol=1e-12)
+    # a 3-D input: the batch axes are folded together for the weight gradient
+    x3 = T(rng.standard_normal((2, 4, 3)))
+    w3 = T(w_np)
+    G3 = rng.standard_normal((2, 4, 2))
+    F.linear(x3, w3).backward(G3)
+    np.testing.assert_allclose(w3.grad.numpy(), np.einsum("bto,bti->oi", G3, x3.numpy()), rtol=1e-12)
+
+
+def test_batch_norm_training_gradient_by_hand(rng):
+    """dx = gamma / sqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat)), all means per channel."""
+    x_np = rng.standard_normal((3, 2, 2, 2)) * 2 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 2), rng.standard_normal(2)
+    G = rng.standard_normal(x_np.shape)
+    x, w, b = T(x_np), T(gamma), T(beta)
+    F.batch_norm(x, None, None, w, b, training=True).backward(G)
+    ax, sh = (0, 2, 3), (1, 2, 1, 1)
+    mean, var = x_np.mean(axis=ax).reshape(sh), x_np.var(axis=ax).reshape(sh)
+    xhat = (x_np - mean) / np.sqrt(var + 1e-5)
+    dx = gamma.reshape(sh) / np.sqrt(var + 1e-5) * (G - G.mean(axis=ax, keepdims=True)
+                                                   - xhat * (G * xhat).mean(axis=ax, keepdims=True))
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(w.grad.numpy(), (G * xhat).sum(axis=ax), rtol=1e-10)
+    np.testing.assert_allclose(b.grad.numpy(), G.sum(axis=ax), rtol=1e-12)
 
 
 @pytest.mark.parametrize("start_dim,shape", [(1, (2, 6)), (0, (12,)), (2, (2, 3, 2))])

@@ -194,6 +194,21 @@ def test_no_record_is_made_without_grad(rng):
     assert y.grad_fn is None and records == []
 
 
+def test_via_residual_sums_every_edge_by_which_the_branch_consumes_x(rng):
+    """F(x) = c * x + x * x consumes x three times, at input positions 1, 0 and 1: J_F^T g = g c + 2 x g."""
+    x_np, c_np = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    x, c = Tensor(x_np.copy(), requires_grad=True), Tensor(c_np.copy(), requires_grad=True)
+    f = c * x + x * x
+    y = F.residual_add(f, x, relu=True)
+    G = rng.standard_normal((2, 3))
+    y.backward(G)
+    g = G * ((c_np * x_np + x_np * x_np + x_np) > 0)
+    rec = y.grad_fn.record
+    np.testing.assert_allclose(rec.via_residual, g * c_np + 2 * x_np * g, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(rec.via_shortcut, g)
+    np.testing.assert_allclose(x.grad.numpy(), g + g * c_np + 2 * x_np * g, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("zeroed", ["conv2", "bn2_gamma", "both_convs"])
 def test_zero_residual_branch_passes_the_gradient_through_exactly(zeroed, rng):
     """With F's weights at zero the block is relu(beta2 + x), and dx = dy * relu'(beta2 + x), bit for bit."""

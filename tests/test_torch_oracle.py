@@ -229,6 +229,42 @@ def test_pad_channels_matches_torch(c, out, stride, hw, rng):
              [rng.standard_normal((2, c) + hw)], rng, what="pad_channels")
 
 
+def test_max_pool2d_ties_match_torch(rng):
+    x_np = np.round(rng.standard_normal((2, 2, 6, 6))).clip(-1, 1)  # many ties
+    run_both(lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1), [x_np], rng,
+             what="max_pool2d ties")
+
+
+F64_CASES = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+               lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1), [(2, 3, 6, 5), (4, 3, 3, 3), (4,)]),
+    "batch_norm": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                   lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True), [(3, 2, 3, 3), (2,), (2,)]),
+    "linear": (F.linear, TF.linear, [(2, 3, 4), (5, 4), (5,)]),
+    "log_softmax": (lambda x: F.log_softmax(x, 1), lambda x: TF.log_softmax(x, 1), [(3, 4, 2)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1), lambda x: TF.avg_pool2d(x, 3, 2, 1), [(2, 2, 7, 6)]),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (3, 2)), lambda x: TF.adaptive_avg_pool2d(x, (3, 2)),
+                            [(2, 2, 7, 5)]),
+    "matmul": (lambda a, b: a @ b, lambda a, b: a @ b, [(2, 1, 3, 4), (5, 4, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(F64_CASES))
+def test_float64_matches_torch_tightly(name, rng):
+    """In float64 the two must agree to rounding, which catches errors far below float32's tolerance."""
+    mine_fn, torch_fn, shapes = F64_CASES[name]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    mine = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
+    y, ty = mine_fn(*mine), torch_fn(*theirs)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    g = rng.standard_normal(ty.shape)
+    y.backward(g)
+    ty.backward(torch.tensor(g))
+    for k, (m, t) in enumerate(zip(mine, theirs)):
+        np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{name} {k}")
+
+
 def test_small_network_matches_torch_end_to_end(rng):
     """conv-bn-relu, a residual add, pooling and a linear head: every parameter's gradient."""
     shapes = [(2, 3, 6, 6), (4, 3, 3, 3), (4,), (4,), (4, 4, 3, 3), (5, 4)]
