@@ -32,6 +32,11 @@ INTERFACE = (
 # name -> (module, device it serves, what to install when it is missing)
 BACKENDS = {
     "numpy": ("numpy_ref", "cpu", "numpy"),
+    "numba": ("numba_cpu", "cpu", "numba (pip install 'minires[numba]')"),
+    "numba-cuda": ("numba_cuda", "cuda",
+                   "numba-cuda and an NVIDIA GPU (pip install 'minires[numba]'; "
+                   "for tests without a GPU set NUMBA_ENABLE_CUDASIM=1)"),
+    "cupy": ("cupy_kernels", "cuda", "cupy-cuda12x and an NVIDIA GPU (pip install 'minires[cuda]')"),
 }
 
 _loaded = {}
@@ -51,8 +56,9 @@ def load(name):
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
         except ImportError as exc:
+            reason = " ".join(str(exc).split())  # one line, whatever the library printed
             raise BackendUnavailable(
-                f"kernel backend {name!r} needs {install}, which is not installed ({exc}); "
+                f"kernel backend {name!r} needs {install}, which is not available ({reason}); "
                 f"install it or use the 'numpy' backend") from None
         missing = [f for f in INTERFACE if not hasattr(module, f)]
         if missing:
@@ -73,11 +79,31 @@ def reset():
     _forced.update(cpu=None, cuda=None)
 
 
+_available = {}
+
+
+def available(name):
+    """True when backend ``name`` can be loaded here (its library is installed and finds its device)."""
+    if name not in _available:
+        try:
+            load(name)
+            _available[name] = True
+        except BackendUnavailable:
+            _available[name] = False
+    return _available[name]
+
+
 def active(device="cpu"):
-    """The name of the backend that serves arrays on ``device``."""
+    """The name of the backend that serves arrays on ``device``.
+
+    Unless one is forced: "numpy" on the CPU; on a GPU "cupy" when it is
+    available, else "numba-cuda".
+    """
     if _forced[device] is not None:
         return _forced[device]
-    return "numpy" if device == "cpu" else None
+    if device == "cpu":
+        return "numpy"
+    return "cupy" if available("cupy") else "numba-cuda"
 
 
 def device_of(array):

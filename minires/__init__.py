@@ -27,5 +27,5 @@ __version__ = "0.1.0"
 
 
 def use_kernels(name):
-    """Force a kernel backend ("numpy", and later "numba", "cuda", "cupy") for its device."""
+    """Force a kernel backend for its device: "numpy" or "numba" (CPU), "cupy" or "numba-cuda" (GPU)."""
     return kernels.use(name)

@@ -90,7 +90,7 @@ def build_parser():
     p.add_argument("--warmup-epochs", type=int, help="epochs at lr/10 first, as the paper did for ResNet-110")
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seed", type=int)
-    p.add_argument("--kernels", help="kernel backend: numpy (default), numba, ...")
+    p.add_argument("--kernels", help="kernel backend: numpy (default), numba; on a GPU cupy (default) or numba-cuda")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="parent folder of the run folder (default ./runs)")
     p.add_argument("--resume", help="a run folder or checkpoint.npz to continue")
@@ -131,6 +131,9 @@ def build_parser():
     p.add_argument("source", help="the .pth file (a state dict, or a checkpoint holding one)")
     p.add_argument("target", help="the .npz file to write")
     p.set_defaults(run=_convert)
+
+    from .bench import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 

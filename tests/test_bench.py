@@ -1,0 +1,88 @@
+"""minires bench: a quick run through the Python API and the command line, the records' fields, the FLOP counts.
+
+Speed is what the benchmark measures, never what a test asserts: these tests
+check the records' shape and arithmetic only. The multiply-add count comes
+from a formula written here from the architecture, not from the code under test.
+"""
+import importlib.util
+import json
+
+import pytest
+
+from minires import bench, cli
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+FIELDS = {"workload", "framework", "backend", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
+          "images_per_s", "flop", "gflop_per_s", "peak_mib", "time_ratio_vs_torch", "memory_ratio_vs_torch"}
+
+
+def resnet20_macs(side=32):
+    """Multiply-adds per image of the CIFAR ResNet-20: 3x3 convs of 16, 32, 64 filters, option-A shortcuts, fc."""
+    total = side * side * 16 * 3 * 9                     # conv1
+    cin = 16
+    for stage, planes in enumerate((16, 32, 64)):
+        side //= 1 if stage == 0 else 2
+        for block in range(3):
+            total += side * side * planes * cin * 9      # the block's first conv (strided at a stage start)
+            total += side * side * planes * planes * 9   # its second conv
+            cin = planes
+    return total + 64 * 10                               # fc
+
+
+def check_records(records, workload, batch, forward_passes):
+    """Every record has the fields, consistent arithmetic, and ratios against the torch record when there is one."""
+    assert records, "no records"
+    for r in records:
+        assert FIELDS <= set(r), f"missing fields {FIELDS - set(r)}"
+        assert r["workload"] == workload and r["batch_size"] == batch
+        assert r["repeat"] == len(r["times_ms"]) == bench.QUICK_REPEAT
+        assert r["flop"] == 2 * forward_passes * resnet20_macs() * batch
+        assert r["ms"] > 0 and r["peak_mib"] >= 0
+        assert r["gflop_per_s"] == pytest.approx(r["flop"] / r["ms"] / 1e6)
+        assert r["images_per_s"] == pytest.approx(batch / r["ms"] * 1e3)
+    minires_records = [r for r in records if r["framework"] == "minires"]
+    assert [r["backend"] for r in minires_records] == ["numpy"]
+    torch_records = [r for r in records if r["framework"] == "torch"]
+    if not HAS_TORCH:
+        assert not torch_records and minires_records[0]["time_ratio_vs_torch"] is None
+        return
+    (reference,) = torch_records
+    mine = minires_records[0]
+    assert mine["time_ratio_vs_torch"] == pytest.approx(mine["ms"] / reference["ms"])
+    if reference["peak_mib"] > 0:
+        assert mine["memory_ratio_vs_torch"] == pytest.approx(mine["peak_mib"] / reference["peak_mib"])
+
+
+def test_resnet20_multiply_adds_match_the_formula():
+    assert resnet20_macs() == 40_551_040
+    assert bench.macs_per_image(bench.WORKLOADS["resnet20_train"]) == resnet20_macs()
+    assert bench.WORKLOADS["resnet20_train"].flop(4, resnet20_macs()) == 2 * 3 * 40_551_040 * 4
+
+
+def test_conv_multiply_adds_match_the_formula():
+    # 16 -> 32 channels, 3x3 stride 2 on 32x32: a 16x16 output
+    assert bench.macs_per_image(bench.WORKLOADS["conv_fwd_16to32_32px_s2"]) == 16 * 16 * 32 * 16 * 9
+    assert bench.macs_per_image(bench.WORKLOADS["conv_bwd_64to64_8px"]) == 8 * 8 * 64 * 64 * 9
+
+
+def test_quick_run_through_the_api():
+    records = bench.run_bench("resnet20_train", "numpy", batch_size=2, threads=1, quick=True)
+    check_records(records, "resnet20_train", 2, forward_passes=3)
+    assert "resnet20_train" in bench.format_table(records)
+
+
+def test_quick_run_through_the_command_line(capsys):
+    assert cli.main(["bench", "--quick", "--workloads", "resnet20_eval", "--backend", "numpy",
+                     "--batch-size", "2", "--threads", "1", "--json"]) == 0
+    check_records(json.loads(capsys.readouterr().out), "resnet20_eval", 2, forward_passes=1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workloads", "resnet21_train"], "unknown workload 'resnet21_train'"),
+    (["--backend", "fortran"], "unknown kernel backend 'fortran'"),
+    (["--workloads", "conv", "--repeat", "0"], "repeat must be at least 1"),
+])
+def test_bad_options_give_one_line(capsys, args, message):
+    assert cli.main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
