@@ -142,8 +142,9 @@ class Run:
         self.info = train_set.info
         train_tf, test_tf = _transforms(config.data, self.info, config.augment)
         train_set.transform, test_set.transform = train_tf, test_tf
-        self.train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=(config.seed, 1))
-        self.test_loader = DataLoader(test_set, 256, shuffle=False)
+        self.train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=(config.seed, 1),
+                                       device=self.device)
+        self.test_loader = DataLoader(test_set, 256, shuffle=False, device=self.device)
         self.model = build_model(config.model, self.info).to(self.device)
         self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
@@ -214,7 +215,6 @@ class Run:
         total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         bar = self._batches(self.train_loader, f"epoch {self.epoch + 1}/{self.config.epochs} train")
         for images, labels in bar:
-            images, labels = images.to(self.device), labels.to(self.device)
             logits = self.model(images)
             loss = F.cross_entropy(logits, labels)
             self.optimizer.zero_grad()
@@ -237,7 +237,6 @@ class Run:
         total_loss, correct, seen = 0.0, 0, 0
         with no_grad():
             for images, labels in self._batches(loader, "test"):
-                images, labels = images.to(self.device), labels.to(self.device)
                 logits = self.model(images)
                 n = labels.shape[0]
                 total_loss += F.cross_entropy(logits, labels).item() * n
@@ -270,9 +269,9 @@ class Run:
     def write_gradient_flow(self):
         """``gradient_flow.png``: the trained model's gradient per block, through identity and branch."""
         from .viz.gradflow import gradient_flow, plot_block_contributions
-        images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False)))
+        images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False, device=self.device)))
         self.model.eval()  # running statistics stay as trained (BN's backward works in eval mode)
-        flow = gradient_flow(self.model, images.to(self.device), labels.to(self.device))
+        flow = gradient_flow(self.model, images, labels)
         self.model.zero_grad()
         if not flow.blocks:
             return

@@ -59,6 +59,22 @@ def test_loader_batches_in_order_without_shuffle():
     np.testing.assert_array_equal(firsts, np.arange(10) * 16)
 
 
+def test_loader_moves_batches_to_its_device():
+    dataset = _toy(6)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        DataLoader(dataset, batch_size=4, device="tpu")
+    assert all(x.device == "cpu" and y.device == "cpu" for x, y in DataLoader(dataset, batch_size=4))
+    if not minires.cuda.is_available():
+        with pytest.raises(RuntimeError, match="DataLoader: device='cuda' needs CuPy"):
+            DataLoader(dataset, batch_size=4, device="cuda")
+        return
+    host = [x.numpy() for x, _ in DataLoader(dataset, batch_size=4)]
+    moved = list(DataLoader(dataset, batch_size=4, device="cuda"))
+    assert all(x.device == "cuda" and y.device == "cuda" for x, y in moved)
+    for (x, _), want in zip(moved, host):
+        np.testing.assert_array_equal(x.numpy(), want)
+
+
 @pytest.mark.parametrize("n, bs, drop_last, expected", [(10, 4, False, 3), (10, 4, True, 2), (8, 4, True, 2),
                                                         (8, 4, False, 2), (3, 5, False, 1), (3, 5, True, 0)])
 def test_loader_len_and_drop_last(n, bs, drop_last, expected):

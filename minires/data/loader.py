@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from .. import rng as _rng
+from ..backend import cupy_or_none, normalize_device
 from ..tensor import Tensor
 
 
@@ -16,16 +17,21 @@ class DataLoader:
     ``minires.rng.generator()`` when ``seed`` is None), and the dataset's batch
     transform draws from the same generator, so a seed fixes every batch.
     ``state_dict()`` / ``load_state_dict()`` carry the generator and epoch
-    count through a checkpoint.
+    count through a checkpoint. ``device="cuda"`` moves every batch to the GPU
+    as it is made (the dataset itself stays in host memory).
     """
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, device="cpu"):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.device = normalize_device(device)
+        if self.device == "cuda" and cupy_or_none() is None:
+            raise RuntimeError("DataLoader: device='cuda' needs CuPy and a GPU (pip install 'minires[cuda]' "
+                               "on a machine with an NVIDIA GPU); use device='cpu'")
         if seed is None:
             seed = int(_rng.generator().integers(2 ** 63))
         self.seed = seed
@@ -47,8 +53,8 @@ class DataLoader:
             items = [self.dataset[int(i)] for i in indices]
             images = np.stack([np.asarray(image) for image, _ in items])
             labels = np.array([label for _, label in items])
-        return (Tensor(np.ascontiguousarray(images, dtype=np.float32)),
-                Tensor(np.asarray(labels, dtype=np.int64)))
+        return (Tensor(np.ascontiguousarray(images, dtype=np.float32)).to(self.device),
+                Tensor(np.asarray(labels, dtype=np.int64)).to(self.device))
 
     def __iter__(self):
         self._epoch_start = (self.epoch, copy.deepcopy(self.generator.bit_generator.state))
