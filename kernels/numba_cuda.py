@@ -100,6 +100,9 @@ def _launch(kernel, size):
 
 @cuda.jit
 def _im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    # BEGIN EXERCISE gpu.im2col
+    # HINT: thread k = cuda.grid(1) writes element k of cols (C*kh*kw rows, N*OH*OW columns) and nothing
+    # HINT: else; threads past the end return; _unravel3 and _tap_input find the pixel; 0 in the padding.
     """Thread (row, column) of cols: cols[(c, i, j), (n, oy, ox)] = x[n, c, oy*sh + i - ph, ox*sw + j - pw], or 0."""
     k = cuda.grid(1)
     rows, columns = cols.shape
@@ -113,6 +116,7 @@ def _im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
         cols[row, column] = x[n, c, iy, ix]
     else:
         cols[row, column] = 0
+    # END EXERCISE
 
 
 def im2col(x, kh, kw, stride, padding):
@@ -127,6 +131,10 @@ def im2col(x, kh, kw, stride, padding):
 
 @cuda.jit
 def _col2im_kernel(cols, kh, kw, sh, sw, ph, pw, oh, ow, x):
+    # BEGIN EXERCISE gpu.col2im
+    # HINT: thread k writes pixel k of x (N, C, H, W): it gathers, over every tap (i, j), the column entry
+    # HINT: that read this pixel, if any (_tap_output, _col_row, _col_column), so no two threads write
+    # HINT: the same element and no atomics are needed.
     """Thread (n, c, iy, ix) of the image sums cols[(c, i, j), (n, oy, ox)] over every tap (i, j) that read it."""
     k = cuda.grid(1)
     _, channels, h, w = x.shape
@@ -143,6 +151,7 @@ def _col2im_kernel(cols, kh, kw, sh, sw, ph, pw, oh, ow, x):
             if ox >= 0:
                 total += cols[_col_row(c, i, j, kh, kw), _col_column(n, oy, ox, oh, ow)]
     x[n, c, iy, ix] = total
+    # END EXERCISE
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
@@ -218,6 +227,8 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
 @cuda.jit
 def _residual_add_kernel(f, s, relu, y):
     """Thread k: y[k] = relu(f[k] + s[k]) (or f[k] + s[k])."""
+    # BEGIN EXERCISE gpu.residual_forward
+    # HINT: one thread per element of the flat arrays; threads past the end do nothing.
     k = cuda.grid(1)
     if k >= y.size:
         return
@@ -225,6 +236,7 @@ def _residual_add_kernel(f, s, relu, y):
     if relu and v < 0:
         v = 0
     y[k] = v
+    # END EXERCISE
 
 
 def residual_add_forward(f, s, relu):
@@ -236,11 +248,15 @@ def residual_add_forward(f, s, relu):
 
 @cuda.jit
 def _relu_mask_kernel(grad_out, y, g):
+    # BEGIN EXERCISE gpu.residual_backward
+    # HINT: thread k writes g[k], the gradient that flows back through y = relu(f + s) at element k
+    # HINT: (the flat arrays grad_out and y are the upstream gradient and the forward's output).
     """Thread k: g[k] = dy[k] where y[k] > 0, else 0."""
     k = cuda.grid(1)
     if k >= g.size:
         return
     g[k] = grad_out[k] if y[k] > 0 else 0
+    # END EXERCISE
 
 
 def residual_add_backward(grad_out, y, relu):

@@ -28,6 +28,9 @@ def im2col(x, kh, kw, stride, padding):
     Row (c, i, j) holds the input pixel that kernel tap (i, j) of channel c
     sees at every output position, so a convolution becomes one GEMM.
     """
+    # BEGIN EXERCISE conv.im2col
+    # HINT: pad x with _pad, then for each kernel tap (i, j) take one strided slice of the padded image
+    # HINT: (the pooling kernels below slice windows the same way); a Python loop over pixels is too slow.
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
@@ -38,10 +41,14 @@ def im2col(x, kh, kw, stride, padding):
             window = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]  # (N, C, OH, OW)
             cols[:, i, j] = window.transpose(1, 0, 2, 3)
     return cols.reshape(c * kh * kw, n * oh * ow)
+    # END EXERCISE
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
     """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image."""
+    # BEGIN EXERCISE conv.col2im
+    # HINT: undo im2col's layout, then add each tap's (i, j) columns into a zero padded image at the
+    # HINT: strided positions that tap read (pixels read by several taps get the sum); cut the padding off.
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x_shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
@@ -51,12 +58,16 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
         for j in range(kw):
             xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, i, j].transpose(1, 0, 2, 3)
     return xp[:, :, ph:ph + h, pw:pw + w]
+    # END EXERCISE
 
 
 # ---------------------------------------------------------------- convolution
 
 def conv2d_forward(x, weight, stride, padding):
     """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW) -> (N, O, OH, OW)."""
+    # BEGIN EXERCISE conv.forward
+    # HINT: im2col, one matrix product with the weight flattened to (O, C*kh*kw), then bring the
+    # HINT: (O, N*OH*OW) result to (N, O, OH, OW) as a contiguous array.
     n = x.shape[0]
     o, _, kh, kw = weight.shape
     cols = im2col(x, kh, kw, stride, padding)
@@ -64,6 +75,7 @@ def conv2d_forward(x, weight, stride, padding):
     oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
     ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
     return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    # END EXERCISE
 
 
 def _grad_rows(grad_out):
@@ -73,17 +85,25 @@ def _grad_rows(grad_out):
 
 
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
+    # BEGIN EXERCISE conv.backward_input
+    # HINT: return dx of shape x_shape, the gradient of sum(conv2d_forward(x) * grad_out) with respect to x;
+    # HINT: differentiate the forward GEMM, then undo im2col with its adjoint; _grad_rows lays grad_out out.
     """dx = col2im(W^T @ dy)."""
     o, _, kh, kw = weight.shape
     dcols = weight.reshape(o, -1).T @ _grad_rows(grad_out)
     return col2im(dcols, x_shape, kh, kw, stride, padding)
+    # END EXERCISE
 
 
 def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
+    # BEGIN EXERCISE conv.backward_weight
+    # HINT: return dW of shape weight_shape, the gradient of sum(conv2d_forward(x) * grad_out) with respect
+    # HINT: to the weight: differentiate the forward GEMM (recompute the columns of x).
     """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward."""
     _, _, kh, kw = weight_shape
     cols = im2col(x, kh, kw, stride, padding)
     return (_grad_rows(grad_out) @ cols.T).reshape(weight_shape)
+    # END EXERCISE
 
 
 # ---------------------------------------------------------------- residual add
@@ -97,6 +117,9 @@ def residual_add_forward(f, s, relu):
 
 
 def residual_add_backward(grad_out, y, relu):
+    # BEGIN EXERCISE residual.add_backward
+    # HINT: return (grad into the residual branch f, grad into the shortcut s) for y = relu(f + s),
+    # HINT: or y = f + s when relu is False; y is the forward's output.
     """Returns (grad into the residual branch, grad into the shortcut).
 
     Both are g = dy * (y > 0): the add passes the gradient unchanged to each
@@ -104,25 +127,37 @@ def residual_add_backward(grad_out, y, relu):
     """
     g = grad_out * (y > 0) if relu else grad_out
     return g, g
+    # END EXERCISE
 
 
 # ---------------------------------------------------------------- batch norm
 
 def batch_norm_stats(x):
     """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W)."""
+    # BEGIN EXERCISE bn.stats
+    # HINT: return (mean, var), each of shape (C,) and x's dtype; biased: divide by N*H*W.
     mean = x.mean(axis=(0, 2, 3))
     var = x.var(axis=(0, 2, 3))
     return mean, var
+    # END EXERCISE
 
 
 def batch_norm_forward(x, mean, invstd, weight, bias):
     """y = (x - mean) * invstd * weight + bias, per channel."""
+    # BEGIN EXERCISE bn.normalize
+    # HINT: weight and bias may be None (no affine part); mean, invstd, weight and bias have shape (C,):
+    # HINT: broadcast them over (N, C, H, W) with [None, :, None, None].
     scale = invstd if weight is None else invstd * weight
     shift = -mean * scale if bias is None else bias - mean * scale
     return x * scale[None, :, None, None] + shift[None, :, None, None]
+    # END EXERCISE
 
 
 def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
+    # BEGIN EXERCISE bn.backward
+    # HINT: return (dx, dweight, dbias) for y = (x - mean) * invstd * weight + bias (weight None: 1);
+    # HINT: in training mean and invstd are the batch's own statistics, so they depend on x too;
+    # HINT: in eval (training False) they are constants. Write dx with sums over (N, H, W), no loops.
     """Returns (dx, dweight, dbias).
 
     With batch statistics (training) the mean and variance depend on x:
@@ -141,6 +176,7 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
     else:
         dx = grad_out * scale[None, :, None, None]
     return dx, dweight, dbias
+    # END EXERCISE
 
 
 # ---------------------------------------------------------------- pooling

@@ -103,12 +103,27 @@ class Function:
 
 # ---------------------------------------------------------------- the backward pass
 
+def _parents(t):
+    """The inputs of the Function that made ``t`` that need a gradient (none for a leaf)."""
+    fn = t.grad_fn
+    if fn is None:
+        return ()
+    if fn.inputs is None:
+        raise RuntimeError(
+            f"backward through {type(fn).__name__} a second time: its graph was freed "
+            "by the first backward; pass retain_graph=True to the first call to keep it")
+    return [inp for inp in fn.inputs if inp is not None and inp.requires_grad]
+
+
 def _topological_order(root):
     """Tensors reachable from ``root`` that need a gradient, inputs before outputs.
 
     An explicit stack instead of recursion, so a graph of any depth (a
     5,000-op chain, ResNet-1202) stays within Python's limits.
     """
+    # BEGIN EXERCISE autograd.topo_order
+    # HINT: walk depth-first from root over _parents(t) with a stack of your own (no recursion);
+    # HINT: list each tensor once, after every tensor it was computed from.
     order, seen = [], set()
     stack = [(root, False)]
     while stack:
@@ -120,16 +135,32 @@ def _topological_order(root):
             continue
         seen.add(id(t))
         stack.append((t, True))
-        fn = t.grad_fn
-        if fn is not None:
-            if fn.inputs is None:
-                raise RuntimeError(
-                    f"backward through {type(fn).__name__} a second time: its graph was freed "
-                    "by the first backward; pass retain_graph=True to the first call to keep it")
-            for inp in fn.inputs:
-                if inp is not None and inp.requires_grad and id(inp) not in seen:
-                    stack.append((inp, False))
+        for inp in _parents(t):
+            if id(inp) not in seen:
+                stack.append((inp, False))
     return order
+    # END EXERCISE
+
+
+def _accumulate(grads, t, g):
+    """Add gradient ``g`` for tensor ``t`` into ``grads`` (t may feed several ops: fan-out).
+
+    ``grads`` maps id(tensor) to [gradient array, owned]. Owned means the
+    engine made the array itself and may add into it in place; an array that
+    a backward returned is not owned (the op may keep it, or return the same
+    array for two inputs), so it must never be changed.
+    """
+    # BEGIN EXERCISE autograd.accumulate
+    # HINT: the first gradient to reach t is stored as it is (not owned); when another arrives, add
+    # HINT: the two, in place only into an owned array, else into a new array that is then owned.
+    slot = grads.get(id(t))
+    if slot is None:
+        grads[id(t)] = [g, False]
+    elif slot[1]:
+        slot[0] += g
+    else:
+        grads[id(t)] = [slot[0] + g, True]
+    # END EXERCISE
 
 
 def _check_grad_shape(t, g):
@@ -197,13 +228,7 @@ def backward(root, grad=None, retain_graph=False):
             if inp is None or gi is None or not inp.requires_grad:
                 continue
             _check_grad(fn, inp, gi)
-            slot = grads.get(id(inp))
-            if slot is None:
-                grads[id(inp)] = [gi, False]
-            elif slot[1]:
-                slot[0] += gi
-            else:
-                grads[id(inp)] = [slot[0] + gi, True]
+            _accumulate(grads, inp, gi)
         if not retain_graph:
             fn.release()
 

@@ -134,6 +134,8 @@ def build_parser():
 
     from .bench import add_bench_parser
     add_bench_parser(sub)
+    from .exercises import add_exercises_parser
+    add_exercises_parser(sub)
     return parser
 
 

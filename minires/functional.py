@@ -81,6 +81,9 @@ class Conv2d(Function):
         return y
 
     def backward(self, grad):
+        # BEGIN EXERCISE conv.layer_backward
+        # HINT: return (dx, dw, db): compute only those that self.needs_input_grad asks for (None for the
+        # HINT: others, and for db when there is no bias); the kernels in self.kernels do the heavy part.
         k = self.kernels
         dx = dw = db = None
         if self.needs_input_grad[0]:
@@ -90,6 +93,7 @@ class Conv2d(Function):
         if self.has_bias and self.needs_input_grad[2]:
             db = grad.sum(axis=(0, 2, 3))
         return dx, dw, db
+        # END EXERCISE
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
@@ -121,6 +125,10 @@ class BatchNorm(Function):
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         xp = array_module(x)
         self.kernels, self.training = for_array(x), training
+        # BEGIN EXERCISE bn.forward
+        # HINT: set mean and var, shape (C,): in training the batch's (self.kernels.batch_norm_stats), and
+        # HINT: when running_mean/running_var are given, update them in place with momentum, keeping the
+        # HINT: unbiased variance (as PyTorch does); in eval the running statistics themselves.
         if training:
             mean, var = self.kernels.batch_norm_stats(x)
             if running_mean is not None:
@@ -131,6 +139,7 @@ class BatchNorm(Function):
                 running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch keeps it
         else:
             mean, var = running_mean, running_var
+        # END EXERCISE
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
         mean = mean.astype(x.dtype)
         self.x, self.mean, self.invstd, self.weight = x, mean, invstd, weight
@@ -488,16 +497,23 @@ class PadChannels(Function):
     def forward(self, x, out_channels, stride):
         xp = array_module(x)
         self.shape, self.stride = x.shape, stride
+        # BEGIN EXERCISE residual.pad_forward
+        # HINT: keep every stride-th row and column of x, then append zero channels up to out_channels
+        # HINT: (xp is numpy or cupy: use xp.zeros so the same code runs on a GPU).
         sub = x[:, :, ::stride, ::stride]
         y = xp.zeros((x.shape[0], out_channels) + sub.shape[2:], dtype=x.dtype)
         y[:, :x.shape[1]] = sub
         return y
+        # END EXERCISE
 
     def backward(self, grad):
         xp = array_module(grad)
+        # BEGIN EXERCISE residual.pad_backward
+        # HINT: return dx of shape self.shape: which elements of x reached the output, and where?
         dx = xp.zeros(self.shape, dtype=grad.dtype)
         dx[:, :, ::self.stride, ::self.stride] = grad[:, :self.shape[1]]
         return dx
+        # END EXERCISE
 
 
 def pad_channels(x, out_channels, stride=1):

@@ -12,6 +12,9 @@ from .backend import array_module, device_of, to_device
 
 def unbroadcast(grad, shape):
     """Sum ``grad`` over the axes that broadcasting added or stretched, giving ``shape``."""
+    # BEGIN EXERCISE autograd.unbroadcast
+    # HINT: broadcasting adds leading axes and stretches axes of length 1: sum over the added axes,
+    # HINT: then over the stretched ones with keepdims=True; return grad itself when nothing was broadcast.
     if grad.shape == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
@@ -21,6 +24,7 @@ def unbroadcast(grad, shape):
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
     return grad
+    # END EXERCISE
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -113,6 +117,10 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, grad):
+        # BEGIN EXERCISE autograd.matmul_backward
+        # HINT: return (da, db), each of its operand's shape (None where needs_input_grad says no grad is wanted);
+        # HINT: the last two axes are a matrix product; the leading ones broadcast (unbroadcast them);
+        # HINT: a 1-D operand is a row (a) or a column (b) whose axis the output dropped.
         a = self.a if self.a.ndim > 1 else self.a[None, :]
         b = self.b if self.b.ndim > 1 else self.b[:, None]
         # with a 1-D operand the output lost an axis; give it back so the GEMMs line up
@@ -123,6 +131,7 @@ class MatMul(Function):
         if self.needs_input_grad[1]:
             db = unbroadcast(a.swapaxes(-1, -2) @ g, b.shape).reshape(self.b.shape)
         return da, db
+        # END EXERCISE
 
 
 # ---------------------------------------------------------------- elementwise functions

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from minires.exercises import handed_out
+
 pytest.importorskip("numba.cuda", reason="needs numba-cuda (pip install 'minires[numba]')")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,8 @@ def test_numba_cuda_kernels_pass_under_the_simulator():
     report = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, f"the CUDA simulator tests failed:\n{report}"
     summary = proc.stdout.strip().splitlines()[-1]
+    if handed_out():  # a student copy: kernels that would show a handed-out solution are removed, their tests skip
+        return
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 10, f"too few simulator tests ran: {summary}"
     assert "skipped" not in summary, f"simulator tests were skipped, not run: {summary}"

@@ -98,9 +98,13 @@ class BasicBlock(ResidualBlock):
         self.stride = stride
 
     def forward(self, x):
+        # BEGIN EXERCISE residual.basic_block
+        # HINT: the residual branch F(x) from the layers made in __init__, then self.join(F(x), x), which adds
+        # HINT: the shortcut through F.residual_add (and applies the ReLU after the add).
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.join(out, x)
+        # END EXERCISE
 
     def zero_init_last_bn(self):
         nn.init.zeros_(self.bn2.weight)
@@ -131,10 +135,14 @@ class Bottleneck(ResidualBlock):
         self.stride = stride
 
     def forward(self, x):
+        # BEGIN EXERCISE residual.bottleneck
+        # HINT: 1x1 reduce, 3x3, 1x1 expand, each followed by its batch norm, ReLU between them; then
+        # HINT: self.join(F(x), x) as in BasicBlock.
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.join(out, x)
+        # END EXERCISE
 
     def zero_init_last_bn(self):
         nn.init.zeros_(self.bn3.weight)
