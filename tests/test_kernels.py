@@ -231,15 +231,18 @@ def test_numba_conv_gemm_routes_agree_with_the_reference(monkeypatch, cblas, dty
     """numba_cpu multiplies through NumPy's own CBLAS when it finds one, else through np.dot: both must be right.
 
     ResNet-like sizes (many channels, a strided 3x3 and a 1x1), so every GEMM
-    operand has a leading dimension other than its width.
+    operand has a leading dimension other than its width, and a single output
+    pixel, whose (1, O) operands have a stride that means nothing.
     """
     numba_cpu = _load_or_skip("numba")
     if cblas == "np.dot":
         monkeypatch.setattr(numba_cpu, "_CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
     elif numba_cpu._CBLAS[np.dtype(dtype)][0] == 0:
         pytest.skip("NumPy's BLAS here is not a scipy-openblas build; np.dot serves every GEMM")
-    for (n, c, h, o, k, s, p) in [(5, 16, 12, 32, 3, 2, 1), (4, 24, 7, 8, 1, 1, 0), (3, 3, 9, 16, 3, 1, 1)]:
-        x, weight = normal(n, (n, c, h, h), dtype), normal(c, (o, c, k, k), dtype)
+    for (n, c, h, w, o, kh, kw, s, p) in [(5, 16, 12, 12, 32, 3, 3, 2, 1), (4, 24, 7, 7, 8, 1, 1, 1, 0),
+                                          (3, 3, 9, 9, 16, 3, 3, 1, 1),
+                                          (2, 1, 2, 3, 2, 2, 3, 1, 0)]:  # one output pixel: (1, O) operands
+        x, weight = normal(n, (n, c, h, w), dtype), normal(c, (o, c, kh, kw), dtype)
         y = ref.conv2d_forward(x, weight, (s, s), (p, p))
         grad = normal(o, y.shape, dtype)
         what = f"{cblas} {np.dtype(dtype)} {x.shape} * {weight.shape} stride {s}"
