@@ -145,6 +145,8 @@ def test_backward_follows_the_order(monkeypatch):
     monkeypatch.setattr(autograd, "_accumulate", oracle_accumulate)
     a, _, _, _, e, k = diamond()
     e.backward(np.ones(3))
+    assert a.grad is not None, ("a.grad is None after backward: the order left a out, or listed it before the "
+                                "tensors made from it, so their gradients reached it too late")
     # e = 5 * (2a) * (3a) * k = 30 k a^2  ->  de/da = 60 k a
     check_array(a.grad.numpy(), 60 * k.numpy() * a.numpy(), "a.grad after backward through a diamond")
 
