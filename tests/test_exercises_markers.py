@@ -303,6 +303,16 @@ def test_default_source_is_this_checkout():
     assert ex.default_source() == ROOT
 
 
+def test_an_installed_package_is_not_a_source(monkeypatch, tmp_path):
+    fake = tmp_path / "site-packages" / "minires" / "exercises.py"
+    fake.parent.mkdir(parents=True)
+    monkeypatch.setattr(ex, "__file__", str(fake))
+    with pytest.raises(RuntimeError, match=r"not in a source checkout .*pass --source"):
+        ex.default_source()
+    with pytest.raises(RuntimeError, match="not a minires source checkout"):
+        ex.make_student(tmp_path / "out", source=tmp_path, log=lambda *a: None)
+
+
 def test_unknown_assignment_and_exercise_are_named():
     with pytest.raises(ValueError, match=r"no assignment '9'; choose one of 1 \(autograd\)"):
         ex.select(["9"])
