@@ -11,6 +11,7 @@ import os
 import time
 
 from .train import Run, TrainConfig
+from .viz.figure import colors, subplots
 
 
 def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=0.1, seed=0,
@@ -65,13 +66,9 @@ def _write(folder, results, depths):
 
 def plot_degradation(results, depths):
     """Figure 6 of the paper: error against epochs, plain networks on the left, ResNets on the right."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind, title in ((axes[0], "plain", "plain networks"), (axes[1], "resnet", "ResNets")):
-        for depth, color in zip(depths, colors):
+        for depth, color in zip(depths, colors() * 10):
             history = results.get(f"{kind}{depth}")
             if not history:
                 continue

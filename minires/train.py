@@ -278,8 +278,6 @@ class Run:
         fig = plot_block_contributions(flow, title=f"{self.config.model} after {self.epoch} epochs: "
                                                    "gradient at each block's input")
         fig.savefig(os.path.join(self.folder, "gradient_flow.png"), dpi=100)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
 
     def write_metrics(self):
         fields = list(self.history[0])
@@ -294,11 +292,9 @@ class Run:
 
 def plot_curves(history, path):
     """Loss and accuracy per epoch, train and test, side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .viz.figure import subplots
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("test", "--")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, marker="o", label=split)
         ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in history], style, marker="o", label=split)
@@ -310,7 +306,6 @@ def plot_curves(history, path):
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(buffer.getvalue())

@@ -71,3 +71,21 @@ def test_plots_are_figures_that_save(tmp_path):
     axes = plot_gradient_norms(flows).axes[0]
     assert [line.get_label() for line in axes.lines] == ["plain20", "resnet20"]
     np.testing.assert_allclose(axes.lines[1].get_ydata(), flows["resnet20"].block_totals())
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    from minires.experiments import plot_degradation
+    from minires.train import plot_curves
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's choice, as a notebook's inline backend would be
+    try:
+        history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 1 - 0.5 / e,
+                    "test_acc": 1 - 0.6 / e} for e in (1, 2)]
+        plot_training_curves({"a": history})
+        plot_degradation({"plain8": history, "resnet8": history}, [8])
+        plot_curves(history, str(tmp_path / "curves.png"))
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "curves.png").stat().st_size > 1000
+    finally:
+        matplotlib.use(before)

@@ -15,6 +15,7 @@ from ..autograd import record_residuals
 from ..backend import to_numpy
 from ..models.blocks import ResidualBlock
 from ..nn import BatchNorm2d, Conv2d, Linear
+from .figure import colors, subplots
 
 
 def _norm(a):
@@ -107,17 +108,9 @@ def gradient_flow(model, x, y, loss_fn=F.cross_entropy):
 
 # ---------------------------------------------------------------- plots
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_gradient_norms(flows, title="gradient norm at each block's input"):
     """Gradient norm against block depth for several models (e.g. {"plain56": f1, "resnet56": f2})."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     for label, flow in flows.items():
         totals = flow.block_totals()
         ax.plot(np.arange(1, len(totals) + 1), totals, marker="o", markersize=3, label=label)
@@ -131,12 +124,11 @@ def plot_gradient_norms(flows, title="gradient norm at each block's input"):
 
 def plot_block_contributions(flow, title="where each block's input gradient comes from"):
     """Side-by-side bars per block: the norm through the identity and through the residual branch."""
-    plt = _pyplot()
     names = [b.name for b in flow.blocks]
     ident = [b.identity for b in flow.blocks]
     resid = [b.residual for b in flow.blocks]
     positions = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4))
+    fig, ax = subplots(figsize=(max(6, 0.45 * len(names) + 2), 4))
     ax.bar(positions - 0.2, ident, width=0.4, label="through the identity (the 1)")
     ax.bar(positions + 0.2, resid, width=0.4, label="through the residual branch (dF/dx)")
     ax.set_xticks(positions)
@@ -150,9 +142,8 @@ def plot_block_contributions(flow, title="where each block's input gradient come
 
 def plot_training_curves(runs, title="training curves"):
     """Loss and error (%) per epoch, train solid and test dashed, for several runs ({label: history})."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
-    for (label, history), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+    fig, (ax_loss, ax_err) = subplots(1, 2, figsize=(11, 4))
+    for (label, history), color in zip(runs.items(), colors() * 10):
         epochs = [r["epoch"] for r in history]
         for split, style in (("train", "-"), ("test", "--")):
             if f"{split}_loss" not in history[0]:
