@@ -225,32 +225,39 @@ def test_conv2d_on_a_batch_larger_than_the_thread_count(backend):
           ref.conv2d_backward_weight(grad, x, weight.shape, (2, 2), (1, 2)), atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["rows", "shifted"])
 @pytest.mark.parametrize("cblas", ["numpy's cblas", "np.dot"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_conv_gemm_routes_agree_with_the_reference(monkeypatch, cblas, dtype):
-    """numba_cpu multiplies through NumPy's own CBLAS when it finds one, else through np.dot: both must be right.
+def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, dtype):
+    """numba_cpu's convolutions by each route: unfolded rows or (stride 1) shifted windows, and
+    NumPy's own CBLAS when found or np.dot. Every route must match the reference.
 
-    ResNet-like sizes (many channels, a strided 3x3 and a 1x1), so every GEMM
-    operand has a leading dimension other than its width, and a single output
-    pixel, whose (1, O) operands have a stride that means nothing.
+    ResNet-like sizes (many channels, strided, 1x1, non-square and padded
+    windows), so every GEMM operand has a leading dimension other than its
+    width, and a single output pixel, whose (1, O) operands have a stride
+    that means nothing.
     """
     numba_cpu = _load_or_skip("numba")
+    monkeypatch.setattr(numba_cpu, "_SHIFTED_MIN_CHANNELS", 1 if layout == "shifted" else 10**9)
     if cblas == "np.dot":
         monkeypatch.setattr(numba_cpu, "_CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
     elif numba_cpu._CBLAS[np.dtype(dtype)][0] == 0:
         pytest.skip("NumPy's BLAS here is not a scipy-openblas build; np.dot serves every GEMM")
-    for (n, c, h, w, o, kh, kw, s, p) in [(5, 16, 12, 12, 32, 3, 3, 2, 1), (4, 24, 7, 7, 8, 1, 1, 1, 0),
-                                          (3, 3, 9, 9, 16, 3, 3, 1, 1),
-                                          (2, 1, 2, 3, 2, 2, 3, 1, 0)]:  # one output pixel: (1, O) operands
+    cases = [(5, 16, 12, 12, 32, 3, 3, 1, 1), (5, 16, 12, 12, 32, 3, 3, 2, 1), (4, 24, 7, 7, 8, 1, 1, 1, 0),
+             (3, 3, 9, 8, 16, 3, 3, 1, 1), (3, 8, 9, 10, 5, 2, 3, 1, (0, 2)), (2, 10, 6, 6, 4, 5, 5, 1, 2),
+             (2, 1, 2, 3, 2, 2, 3, 1, 0)]  # the last: one output pixel, so (1, O) operands
+    for (n, c, h, w, o, kh, kw, s, p) in cases:
+        stride, padding = (s, s), (p if isinstance(p, tuple) else (p, p))
         x, weight = normal(n, (n, c, h, w), dtype), normal(c, (o, c, kh, kw), dtype)
-        y = ref.conv2d_forward(x, weight, (s, s), (p, p))
+        y = ref.conv2d_forward(x, weight, stride, padding)
         grad = normal(o, y.shape, dtype)
-        what = f"{cblas} {np.dtype(dtype)} {x.shape} * {weight.shape} stride {s}"
-        close(numba_cpu.conv2d_forward(x, weight, (s, s), (p, p)), y, rtol=1e-4, atol=1e-5, what=what)
-        close(numba_cpu.conv2d_backward_input(grad, weight, x.shape, (s, s), (p, p)),
-              ref.conv2d_backward_input(grad, weight, x.shape, (s, s), (p, p)), rtol=1e-4, atol=1e-5, what=what)
-        close(numba_cpu.conv2d_backward_weight(grad, x, weight.shape, (s, s), (p, p)),
-              ref.conv2d_backward_weight(grad, x, weight.shape, (s, s), (p, p)), rtol=1e-4, atol=1e-5, what=what)
+        what = f"{layout}, {cblas}, {np.dtype(dtype)}: x {x.shape}, weight {weight.shape}, stride {s}, padding {p}"
+        close(numba_cpu.conv2d_forward(x, weight, stride, padding), y, rtol=1e-4, atol=1e-5, what=what)
+        close(numba_cpu.conv2d_backward_input(grad, weight, x.shape, stride, padding),
+              ref.conv2d_backward_input(grad, weight, x.shape, stride, padding), rtol=1e-4, atol=1e-5, what=what)
+        close(numba_cpu.conv2d_backward_weight(grad, x, weight.shape, stride, padding),
+              ref.conv2d_backward_weight(grad, x, weight.shape, stride, padding), rtol=1e-4, atol=1e-5,
+              what=what)
 
 
 # ---------------------------------------------------------------- residual add
