@@ -24,7 +24,8 @@ def _train(args):
         "model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay, "seed": args.seed,
         "kernels": args.kernels, "device": args.device, "out": args.out, "data_root": args.data_root,
-        "schedule": args.schedule, "warmup_epochs": args.warmup_epochs}.items() if v is not None}
+        "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
+        "nesterov": args.nesterov}.items() if v is not None}
     if args.no_augment:
         overrides["augment"] = False
     if args.resume:
@@ -59,7 +60,8 @@ def _experiment(args):
                 raise ValueError(f"no {kind}{d} model: depths must be 6n+2 with a plain twin "
                                  "(8, 20, 32, 44, 56, 110)")
     degradation(data=args.data, depths=depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, out=args.out, data_root=args.data_root, progress=not args.quiet)
+                warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out, data_root=args.data_root,
+                progress=not args.quiet)
 
 
 def _models(args):
@@ -85,6 +87,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
     p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default on; --no-nesterov is the paper's plain momentum)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=["cosine", "multistep"])
     p.add_argument("--warmup-epochs", type=int, help="epochs at lr/10 first, as the paper did for ResNet-110")
@@ -111,6 +115,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=int, default=0, help="epochs at lr/10 first (every network alike)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")

@@ -14,7 +14,7 @@ from .train import Run, TrainConfig
 from .viz.figure import colors, subplots
 
 
-def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=0.1, seed=0,
+def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=0.1, warmup_epochs=0, seed=0,
                 out="runs", data_root=None, augment=False, progress=True, log=print):
     """Train plain and residual networks of each depth with one recipe; write the curves and the figure.
 
@@ -32,7 +32,8 @@ def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=
         for kind in ("plain", "resnet"):
             name = f"{kind}{depth}"
             config = TrainConfig(model=name, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 seed=seed, out=folder, data_root=data_root, augment=augment)
+                                 warmup_epochs=warmup_epochs, seed=seed, out=folder, data_root=data_root,
+                                 augment=augment)
             sub = os.path.join(folder, name)
             os.makedirs(sub)
             run = Run(config, folder=sub, progress=progress)

@@ -160,21 +160,26 @@ class Run:
                           if warm else main)
         self.epoch, self.history = 0, []
         self.folder = folder or self._new_folder()
+        try:  # the options of the run, also for a given folder (an experiment's, or a resumed run's)
+            os.makedirs(self.folder, exist_ok=True)
+            with open(os.path.join(self.folder, "config.json"), "w") as f:
+                json.dump(self.config.to_json(), f, indent=2)
+        except OSError as exc:
+            raise OSError(f"cannot write the run folder {self.folder}: {exc.strerror or exc}") from None
 
     def _new_folder(self):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = os.path.join(self.config.out, f"{self.config.model}-{self.config.data}-{stamp}")
         folder, k = base, 1
-        while os.path.exists(folder):
-            k += 1
-            folder = f"{base}-{k}"
-        try:
-            os.makedirs(folder)
-            with open(os.path.join(folder, "config.json"), "w") as f:
-                json.dump(self.config.to_json(), f, indent=2)
-        except OSError as exc:
-            raise OSError(f"cannot write the run folder {folder}: {exc.strerror or exc}") from None
-        return folder
+        while True:
+            try:
+                os.makedirs(folder)  # not exist_ok: two runs started in the same second get two folders
+                return folder
+            except FileExistsError:
+                k += 1
+                folder = f"{base}-{k}"
+            except OSError as exc:
+                raise OSError(f"cannot write the run folder {folder}: {exc.strerror or exc}") from None
 
     # ------------------------------------------------------------ checkpoints
 
