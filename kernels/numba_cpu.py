@@ -418,12 +418,16 @@ def _conv_backward_weight(blas, dy, x, kh, kw, sh, sw, ph, pw, xp, rows, parts):
 # ---- stride 1: shifted windows instead of unfolded rows
 #
 # With stride 1 the unfolding can be skipped. Lay the outputs out on the
-# padded image's grid, output (oy, ox) at position q = oy*Wp + ox; then tap
-# (i, j) of every output reads the image at q + (i*Wp + j), so the pixels one
-# tap sees are one contiguous block of the flat HWC image: a (OH*Wp, C)
-# matrix that BLAS takes as it is. The convolution is kh*kw GEMMs, one per
-# tap, each adding into the same (OH*Wp, O) output; the Wp - OW positions at
-# the end of each row are computed and dropped (they straddle the padding).
+# scratch image's grid, output (oy, ox) at position q = oy*Wp + ox; then tap
+# (i, j) of every output reads the image at q + (i*Wp + j) (plus a constant),
+# so the pixels one tap sees are one contiguous block of the flat HWC image:
+# a (OH*Wp, C) matrix that BLAS takes as it is. The convolution is kh*kw
+# GEMMs, one per tap, each adding into the same (OH*Wp, O) output; the
+# Wp - OW positions at the end of each row are computed and dropped. Each
+# scratch row is Z zero columns and then the W pixels, Z = pw (more only when
+# the padding outgrows the kernel): the zeros after a row's last pixel are
+# the next row's leading ones, so one band of zeros pads both sides and only
+# Z positions a row are wasted (11% on an 8x8 map, against 20% with both).
 # No unfolded copy is made, and for 16 and 32 channels this is 20-40% faster
 # than the rows. With few channels (the 3 of an RGB input) each GEMM would
 # be too thin, so those keep the rows. The backward passes run the same
@@ -431,39 +435,39 @@ def _conv_backward_weight(blas, dy, x, kh, kw, sh, sw, ph, pw, xp, rows, parts):
 # dropped positions, so those add nothing.
 
 @njit(cache=True)
-def _shifted(xp, i, j, oh):
-    """The (OH*Wp, C) block of the flat HWC image xp that tap (i, j) reads, output q = oy*Wp + ox in row q."""
-    wp, c = xp.shape[1], xp.shape[2]
-    start = (i * wp + j) * c
-    return xp.reshape(-1)[start:start + oh * wp * c].reshape(oh * wp, c)
+def _shifted(xp, start, rows):
+    """The (rows, C) block of the flat HWC image xp that begins at pixel ``start`` (a tap's inputs, output q in row q)."""
+    c = xp.shape[2]
+    return xp.reshape(-1)[start * c:(start + rows) * c].reshape(rows, c)
 
 
 @njit(cache=True)
 def _on_grid(dy, wp, dyg):
-    """dyg[oy*Wp + ox, o] = dy[o, oy, ox]: one sample's (O, OH, OW) gradient on the padded grid (the rest stays 0)."""
+    """dyg[oy*Wp + ox, o] = dy[o, oy, ox]: one sample's (O, OH, OW) gradient on the grid (the rest stays 0)."""
     oh, ow = dy.shape[1], dy.shape[2]
     for oy in range(oh):
         _transpose(dy[:, oy, :], dyg[oy * wp:oy * wp + ow])
 
 
 @njit(parallel=True, cache=True)
-def _conv_forward_shifted(blas, x, wtaps, kh, kw, ph, pw, xp, yg, y):
-    """y[n] = the sum over taps (i, j) of shifted(x[n], i, j) (OH*Wp, C) @ W[:, :, i, j]^T (C, O), on the grid."""
+def _conv_forward_shifted(blas, x, wtaps, kh, kw, ph, pw, z, xp, yg, y):
+    """y[n] = the sum over taps (i, j) of shifted(x[n]) (OH*Wp, C) @ W[:, :, i, j]^T (C, O), on the grid."""
     oh, ow = y.shape[2], y.shape[3]
     wp = xp.shape[2]
     for b in prange(x.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, pw, xp[t])
+        _to_hwc(x[b], ph, z, xp[t])
         for i in range(kh):
             for j in range(kw):
-                _gemm(blas, _shifted(xp[t], i, j, oh), wtaps[i * kw + j], yg[t], i + j > 0)
+                tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
+                _gemm(blas, tap, wtaps[i * kw + j], yg[t], i + j > 0)
         for oy in range(oh):
             _transpose(yg[t, oy * wp:oy * wp + ow], y[b, :, oy, :])
 
 
 @njit(parallel=True, cache=True)
-def _conv_backward_input_shifted(blas, dy, wtaps, kh, kw, ph, pw, dyg, dxp, dx):
-    """dxp = 0, then shifted(dxp, i, j) += dy[n] on the grid (OH*Wp, O) @ W[:, :, i, j] (O, C) for every tap."""
+def _conv_backward_input_shifted(blas, dy, wtaps, kh, kw, ph, pw, z, dyg, dxp, dx):
+    """dxp = 0, then shifted(dxp) += dy[n] on the grid (OH*Wp, O) @ W[:, :, i, j] (O, C) for every tap (i, j)."""
     oh = dy.shape[2]
     wp = dxp.shape[2]
     for b in prange(dx.shape[0]):
@@ -472,22 +476,24 @@ def _conv_backward_input_shifted(blas, dy, wtaps, kh, kw, ph, pw, dyg, dxp, dx):
         dxp[t] = 0
         for i in range(kh):
             for j in range(kw):
-                _gemm(blas, dyg[t], wtaps[i * kw + j], _shifted(dxp[t], i, j, oh), True)
-        _from_hwc(dxp[t], ph, pw, dx[b])
+                tap = _shifted(dxp[t], i * wp + j + z - pw, oh * wp)
+                _gemm(blas, dyg[t], wtaps[i * kw + j], tap, True)
+        _from_hwc(dxp[t], ph, z, dx[b])
 
 
 @njit(parallel=True, cache=True)
-def _conv_backward_weight_shifted(blas, dy, x, kh, kw, ph, pw, xp, dyg, parts):
-    """parts[t, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n], i, j) (OH*Wp, C), over thread t's samples."""
+def _conv_backward_weight_shifted(blas, dy, x, kh, kw, ph, pw, z, xp, dyg, parts):
+    """parts[t, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n]) (OH*Wp, C), over thread t's samples."""
     oh = dy.shape[2]
     wp = xp.shape[2]
     for b in prange(x.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, pw, xp[t])
+        _to_hwc(x[b], ph, z, xp[t])
         _on_grid(dy[b], wp, dyg[t])
         for i in range(kh):
             for j in range(kw):
-                _gemm(blas, dyg[t].T, _shifted(xp[t], i, j, oh), parts[t, i * kw + j], True)
+                tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
+                _gemm(blas, dyg[t].T, tap, parts[t, i * kw + j], True)
 
 
 _blas_controller = None
@@ -518,8 +524,9 @@ def _geometry(x_shape, weight_shape, stride, padding):
     """A convolution's sizes and scratch shapes, as a dict.
 
     shifted: whether the stride-1 shifted-window GEMMs serve it; padded: the
-    per-thread HWC scratch image (with one spare row that the last taps'
-    blocks run into when shifted); grid: the per-thread (OH*Wp, O) output grid.
+    per-thread HWC scratch image (when shifted, rows of z zeros then the
+    pixels, and spare rows that the last taps' blocks run into); grid: the
+    per-thread (OH*Wp, O) output grid.
     """
     (sh, sw), (ph, pw) = stride, padding
     _, c, h, w = x_shape
@@ -527,8 +534,13 @@ def _geometry(x_shape, weight_shape, stride, padding):
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     threads = numba.get_num_threads()
     shifted = sh == sw == 1 and c >= _SHIFTED_MIN_CHANNELS
-    hp, wp = h + 2 * ph + shifted, w + 2 * pw
-    return dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow, k=kh * kw * c, threads=threads,
+    if shifted:  # Z zero columns before each row's pixels pad both sides; spare rows take the last taps' overrun
+        z = max(pw, ow - w)
+        wp = w + z
+        hp = h + 2 * ph + -(-(kw + z) // wp)
+    else:
+        z, hp, wp = pw, h + 2 * ph, w + 2 * pw
+    return dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, z=z, oh=oh, ow=ow, k=kh * kw * c, threads=threads,
                 shifted=shifted, padded=(threads, hp, wp, c), grid=(threads, oh * wp, o))
 
 
@@ -544,7 +556,8 @@ def conv2d_forward(x, weight, stride, padding):
     with _blas_threads(1):
         if g["shifted"]:
             yg = np.empty(g["grid"], dtype=x.dtype)
-            _conv_forward_shifted(_CBLAS[x.dtype], _c(x), wt.reshape(kh * kw, -1, o), kh, kw, ph, pw, xp, yg, y)
+            _conv_forward_shifted(_CBLAS[x.dtype], _c(x), wt.reshape(kh * kw, -1, o), kh, kw, ph, pw, g["z"], xp, yg,
+                                  y)
         else:
             rows = np.empty((threads, oh * ow, k), dtype=x.dtype)
             yt = np.empty((threads, oh * ow, o), dtype=x.dtype)
@@ -565,7 +578,7 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
         if g["shifted"]:
             dyg = np.zeros(g["grid"], dtype=dtype)
             wtaps = np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(kh * kw, o, -1))  # (kh, kw, O, C)
-            _conv_backward_input_shifted(_CBLAS[dtype], _c(grad_out), wtaps, kh, kw, ph, pw, dyg, dxp, dx)
+            _conv_backward_input_shifted(_CBLAS[dtype], _c(grad_out), wtaps, kh, kw, ph, pw, g["z"], dyg, dxp, dx)
         else:
             drows = np.empty((threads, oh * ow, k), dtype=dtype)
             w2 = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(o, k))  # (O, kh, kw, C)
@@ -585,7 +598,8 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
         if g["shifted"]:
             dyg = np.zeros(g["grid"], dtype=dtype)
             parts = np.zeros((threads, kh * kw, o, c), dtype=dtype)
-            _conv_backward_weight_shifted(_CBLAS[dtype], _c(grad_out), _c(x), kh, kw, ph, pw, xp, dyg, parts)
+            _conv_backward_weight_shifted(_CBLAS[dtype], _c(grad_out), _c(x), kh, kw, ph, pw, g["z"], xp, dyg,
+                                          parts)
             dw = parts.sum(axis=0).reshape(kh, kw, o, c).transpose(2, 3, 0, 1)  # back from (kh, kw, O, C)
         else:
             rows = np.empty((threads, oh * ow, k), dtype=x.dtype)

@@ -245,7 +245,8 @@ def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, 
         pytest.skip("NumPy's BLAS here is not a scipy-openblas build; np.dot serves every GEMM")
     cases = [(5, 16, 12, 12, 32, 3, 3, 1, 1), (5, 16, 12, 12, 32, 3, 3, 2, 1), (4, 24, 7, 7, 8, 1, 1, 1, 0),
              (3, 3, 9, 8, 16, 3, 3, 1, 1), (3, 8, 9, 10, 5, 2, 3, 1, (0, 2)), (2, 10, 6, 6, 4, 5, 5, 1, 2),
-             (2, 1, 2, 3, 2, 2, 3, 1, 0)]  # the last: one output pixel, so (1, O) operands
+             (2, 8, 3, 1, 3, 5, 5, 1, 2),  # a window wider than image and padding: the last taps run far over
+             (2, 1, 2, 3, 2, 2, 3, 1, 0)]  # one output pixel, so (1, O) operands
     for (n, c, h, w, o, kh, kw, s, p) in cases:
         stride, padding = (s, s), (p if isinstance(p, tuple) else (p, p))
         x, weight = normal(n, (n, c, h, w), dtype), normal(c, (o, c, kh, kw), dtype)
