@@ -137,6 +137,20 @@ def _memory_kib():
         return peak, peak
 
 
+def _release_free_memory():
+    """Hand memory that malloc holds free back to the kernel (glibc only), so the baseline is live memory only.
+
+    minires's numba backend asks glibc to keep freed memory for reuse; without
+    this, arrays could reuse pages freed before the baseline (Numba's compiler
+    frees plenty) and the step's peak would look smaller than it is.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak():
     """Lower the kernel's peak-RSS mark to the current RSS (Linux 4.0+); elsewhere the peak keeps the warm-ups."""
     try:
@@ -328,6 +342,8 @@ def _worker(spec):
     del prime
     gc.collect()
     setup, step = build(workload, spec["batch"], np.random.default_rng(0))
+    gc.collect()
+    _release_free_memory()
     baseline, _ = _memory_kib()
     times = []
     for i in range(spec["warmup"] + spec["repeat"]):
@@ -358,10 +374,10 @@ def _run_child(spec):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _record(workload, framework, backend, batch, threads, warmup, answer, flop):
+def _record(workload, framework, backend, batch, threads, warmup, answer, flop, rounds=1):
     ms = 1e3 * statistics.median(answer["times_s"])
     return {"workload": workload.name, "framework": framework, "backend": backend, "batch_size": batch,
-            "threads": threads, "warmup": warmup, "repeat": len(answer["times_s"]),
+            "threads": threads, "warmup": warmup, "rounds": rounds, "repeat": len(answer["times_s"]),
             "ms": ms, "times_ms": [1e3 * t for t in answer["times_s"]],
             "images_per_s": batch / (ms / 1e3), "flop": flop, "gflop_per_s": flop / (ms / 1e3) / 1e9,
             "peak_mib": answer["peak_kib"] / 1024, "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None}
@@ -373,15 +389,18 @@ def torch_available():
 
 
 def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repeat=None, warmup=None,
-              quick=False, torch=True, log=None):
+              quick=False, torch=True, log=None, rounds=1):
     """Measure each workload on each backend (and in PyTorch when installed and ``torch``); return the records.
 
     ``workloads`` and ``backends`` are comma lists or lists (default: ``DEFAULT_WORKLOADS``, every CPU backend
-    that loads); ``log`` is a file that gets a line per measurement as it finishes.
+    that loads); ``log`` is a file that gets a line per measurement as it finishes. With ``rounds`` > 1 every
+    framework of a workload is measured that many times, taking turns (a fresh process each time), and the
+    times of all rounds are pooled: load that comes and goes then falls on every framework alike, so the
+    ratios hold up better on a busy machine. The peak memory is the largest of the rounds'.
     """
     chosen, backends = resolve_workloads(workloads), resolve_backends(backends)
     for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("repeat", repeat, 1),
-                             ("warmup", warmup, 0)):
+                             ("warmup", warmup, 0), ("rounds", rounds, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
     threads = threads or os.cpu_count() or 1
@@ -393,14 +412,19 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                 "warmup": warmup if warmup is not None else (QUICK_WARMUP if quick else workload.warmup),
                 "repeat": repeat if repeat is not None else (QUICK_REPEAT if quick else workload.repeat)}
         flop = workload.flop(batch, macs_per_image(workload))
-        group = []
-        for framework, backend in frameworks:
-            answer = _run_child(dict(spec, framework=framework, backend=backend))
-            group.append(_record(workload, framework, backend, batch, threads, spec["warmup"], answer, flop))
-            if log is not None:
-                r = group[-1]
-                print(f"bench: {r['workload']:<26} {r['backend']:<7} {r['ms']:10.2f} ms  "
-                      f"{r['peak_mib']:8.1f} MiB", file=log, flush=True)
+        answers = {key: {"times_s": [], "peak_kib": 0} for key in frameworks}
+        for _ in range(rounds):
+            for framework, backend in frameworks:
+                answer = _run_child(dict(spec, framework=framework, backend=backend))
+                pooled = answers[framework, backend]
+                pooled["times_s"] += answer["times_s"]
+                pooled["peak_kib"] = max(pooled["peak_kib"], answer["peak_kib"])
+                if log is not None:
+                    ms, mib = 1e3 * statistics.median(answer["times_s"]), answer["peak_kib"] / 1024
+                    print(f"bench: {workload.name:<26} {backend:<7} {ms:10.2f} ms  {mib:8.1f} MiB", file=log,
+                          flush=True)
+        group = [_record(workload, framework, backend, batch, threads, spec["warmup"], answers[framework, backend],
+                         flop, rounds) for framework, backend in frameworks]
         reference = next((r for r in group if r["framework"] == "torch"), None)
         for r in group:
             if reference is not None and r is not reference:
@@ -433,14 +457,15 @@ def run_cli(args):
     """The ``minires bench`` command: run the benchmark and print the table (or ``--json``)."""
     started, load = datetime.datetime.now().astimezone(), os.getloadavg()[0]
     records = run_bench(args.workloads, args.backend, args.batch_size, args.threads, args.repeat, args.warmup,
-                        args.quick, torch=not args.no_torch, log=sys.stderr)
+                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds)
     if args.json:
         print(json.dumps(records, indent=1))
         return
     first = records[0]
+    rounds = f", {first['rounds']} rounds taking turns" if first["rounds"] > 1 else ""
     print(f"minires bench, {started:%Y-%m-%d %H:%M %Z}: threads {first['threads']} (of {os.cpu_count()} CPUs), "
           f"load average {load:.2f} at the start and {os.getloadavg()[0]:.2f} at the end; ms = median of the "
-          f"timed runs after warm-up; peak MiB = peak RSS above the child's after-setup baseline")
+          f"timed runs after warm-up{rounds}; peak MiB = peak RSS above the child's after-setup baseline")
     print(format_table(records))
 
 
@@ -457,6 +482,9 @@ def add_bench_parser(subparsers):
     p.add_argument("--threads", type=int, help="threads for every framework (default: os.cpu_count())")
     p.add_argument("--repeat", type=int, help="timed runs per measurement (default: per workload)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default: per workload)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every framework this many times, taking turns, and pool the times "
+                        "(steadier ratios on a busy machine; default: 1)")
     p.add_argument("--quick", action="store_true",
                    help=f"small batches, {QUICK_WARMUP} warm-up and {QUICK_REPEAT} timed runs: a smoke test")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")

@@ -6,6 +6,7 @@ from a formula written here from the architecture, not from the code under test.
 """
 import importlib.util
 import json
+import statistics
 
 import pytest
 
@@ -29,13 +30,15 @@ def resnet20_macs(side=32):
     return total + 64 * 10                               # fc
 
 
-def check_records(records, workload, batch, forward_passes):
+def check_records(records, workload, batch, forward_passes, rounds=1):
     """Every record has the fields, consistent arithmetic, and ratios against the torch record when there is one."""
     assert records, "no records"
     for r in records:
         assert FIELDS <= set(r), f"missing fields {FIELDS - set(r)}"
         assert r["workload"] == workload and r["batch_size"] == batch
-        assert r["repeat"] == len(r["times_ms"]) == bench.QUICK_REPEAT
+        assert r["rounds"] == rounds
+        assert r["repeat"] == len(r["times_ms"]) == rounds * bench.QUICK_REPEAT
+        assert r["ms"] == pytest.approx(statistics.median(r["times_ms"]))
         assert r["flop"] == 2 * forward_passes * resnet20_macs() * batch
         assert r["ms"] > 0 and r["peak_mib"] >= 0
         assert r["gflop_per_s"] == pytest.approx(r["flop"] / r["ms"] / 1e6)
@@ -77,10 +80,22 @@ def test_quick_run_through_the_command_line(capsys):
     check_records(json.loads(capsys.readouterr().out), "resnet20_eval", 2, forward_passes=1)
 
 
+def test_rounds_pool_every_round_of_every_framework(capsys):
+    """--rounds 2: each framework is measured twice, taking turns, and the record holds all the timed runs."""
+    assert cli.main(["bench", "--quick", "--workloads", "resnet20_eval", "--backend", "numpy", "--batch-size", "2",
+                     "--threads", "1", "--rounds", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    check_records(json.loads(captured.out), "resnet20_eval", 2, forward_passes=1, rounds=2)
+    turns = [line.split()[2] for line in captured.err.splitlines() if line.startswith("bench: ")]
+    frameworks = ["numpy", "torch"] if HAS_TORCH else ["numpy"]
+    assert turns == frameworks * 2, f"expected the frameworks to take turns, got {turns}"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workloads", "resnet21_train"], "unknown workload 'resnet21_train'"),
     (["--backend", "fortran"], "unknown kernel backend 'fortran'"),
     (["--workloads", "conv", "--repeat", "0"], "repeat must be at least 1"),
+    (["--workloads", "conv", "--rounds", "0"], "rounds must be at least 1"),
 ])
 def test_bad_options_give_one_line(capsys, args, message):
     assert cli.main(["bench", *args]) == 2
