@@ -16,39 +16,12 @@ the first run pays for compilation.
 import contextlib
 import functools
 import os
-import sys
 
 # Numba's OpenMP workers spin between parallel regions by default. Here they
 # alternate with BLAS calls on few cores, and spinning workers steal the cores
 # the other side needs (kernels ran up to 10x slower on a 2-core machine).
 # Must be set before Numba loads OpenMP; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-
-def _keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.
-
-    A training step allocates and frees the same few hundred MiB of
-    activations and gradients every step. By default glibc returns large
-    freed blocks to the kernel, so the next step's arrays arrive as fresh
-    pages that the kernel must fault in and zero: 40,000 page faults and a
-    quarter of a resnet20 step here. Kept, they are reused as they are; the
-    process's memory stays at its peak instead of shrinking between steps.
-    Linux with glibc only; MINIRES_KEEP_FREED_MEMORY=0 leaves malloc alone.
-    """
-    if os.environ.get("MINIRES_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    m_trim_threshold, m_mmap_threshold, largest = -1, -3, 2**31 - 1
-    mallopt(m_mmap_threshold, largest)  # big arrays come from the heap, which is reused, not from mmap
-    mallopt(m_trim_threshold, largest)  # and the heap is not trimmed back
-
-
-_keep_freed_memory()
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -240,7 +213,7 @@ def _from_hwc(xp, ph, pw, x):
 
 @njit(cache=True)
 def _rows(xp, kh, kw, sh, sw, oh, ow, rows):
-    """rows[oy*OW + ox, (i, j, c)] = xp[oy*sh + i, ox*sw + j, c]: a padded HWC image unfolded, a row per output pixel."""
+    """rows[oy*OW + ox, (i, j, c)] = xp[oy*sh + i, ox*sw + j, c]: a padded HWC image unfolded, a row a pixel."""
     wp, c = xp.shape[1], xp.shape[2]
     flat = xp.reshape(-1)
     run = kw * c  # taps (i, 0..kw-1) of one pixel: consecutive in HWC
@@ -436,7 +409,7 @@ def _conv_backward_weight(blas, dy, x, kh, kw, sh, sw, ph, pw, xp, rows, parts):
 
 @njit(cache=True)
 def _shifted(xp, start, rows):
-    """The (rows, C) block of the flat HWC image xp that begins at pixel ``start`` (a tap's inputs, output q in row q)."""
+    """The (rows, C) block of the flat HWC image xp from pixel ``start`` on: a tap's inputs, output q's in row q."""
     c = xp.shape[2]
     return xp.reshape(-1)[start * c:(start + rows) * c].reshape(rows, c)
 
