@@ -313,7 +313,8 @@ def _gemm(blas, a, b, c, accumulate):
         return
     ta, lda = _blas_operand(a)
     tb, ldb = _blas_operand(b)
-    m, n, k, ldc = c.shape[0], c.shape[1], a.shape[1], c.strides[0] // c.itemsize
+    m, n, k = c.shape[0], c.shape[1], a.shape[1]
+    ldc = max(c.strides[0] // c.itemsize, n, 1) if m > 1 else max(n, 1)  # c: row-major (rows contiguous)
     beta = 1.0 if accumulate else 0.0
     if ilp64:
         _cblas_gemm(address, True, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc)
