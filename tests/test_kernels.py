@@ -229,8 +229,9 @@ def test_conv2d_on_a_batch_larger_than_the_thread_count(backend):
 @pytest.mark.parametrize("cblas", ["numpy's cblas", "np.dot"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, dtype):
-    """numba_cpu's convolutions by each route: unfolded rows or (stride 1) shifted windows, and
-    NumPy's own CBLAS when found or np.dot. Every route must match the reference.
+    """numba_cpu's convolutions by each route: unfolded rows or (stride 1) shifted windows (a plain
+    1x1 takes the pointwise GEMMs either way), and NumPy's own CBLAS when found or np.dot. Every
+    route must match the reference.
 
     ResNet-like sizes (many channels, strided, 1x1, non-square and padded
     windows), so every GEMM operand has a leading dimension other than its
@@ -243,7 +244,8 @@ def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, 
         monkeypatch.setattr(numba_cpu, "_CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
     elif numba_cpu._CBLAS[np.dtype(dtype)][0] == 0:
         pytest.skip("NumPy's BLAS here is not a scipy-openblas build; np.dot serves every GEMM")
-    cases = [(5, 16, 12, 12, 32, 3, 3, 1, 1), (5, 16, 12, 12, 32, 3, 3, 2, 1), (4, 24, 7, 7, 8, 1, 1, 1, 0),
+    cases = [(5, 16, 12, 12, 32, 3, 3, 1, 1), (5, 16, 12, 12, 32, 3, 3, 2, 1),
+             (4, 24, 7, 7, 8, 1, 1, 1, 0), (3, 8, 6, 5, 4, 1, 1, 1, 1), (3, 8, 6, 5, 4, 1, 1, 2, 0),  # 1x1s
              (3, 3, 9, 8, 16, 3, 3, 1, 1), (3, 8, 9, 10, 5, 2, 3, 1, (0, 2)), (2, 10, 6, 6, 4, 5, 5, 1, 2),
              (2, 8, 3, 1, 3, 5, 5, 1, 2),  # a window wider than image and padding: the last taps run far over
              (2, 1, 2, 3, 2, 2, 3, 1, 0)]  # one output pixel, so (1, O) operands
