@@ -79,7 +79,8 @@ def plot_degradation(results, depths):
             ax.plot(epochs, [100 * (1 - r["test_acc"]) for r in history], "--", color=color, alpha=0.7,
                     label=f"{kind}-{depth} test")
         ax.set(title=title, xlabel="epoch")
-        ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)  # logarithmic above 1%, linear below: 0% stays on the plot
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
