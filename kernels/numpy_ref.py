@@ -53,11 +53,11 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     n, c, h, w = x_shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     cols = cols.reshape(c, kh, kw, n, oh, ow)
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    xp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)  # channels first, as in the columns
     for i in range(kh):
         for j in range(kw):
-            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, i, j].transpose(1, 0, 2, 3)
-    return xp[:, :, ph:ph + h, pw:pw + w]
+            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, i, j]
+    return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
     # END EXERCISE
 
 
