@@ -675,40 +675,40 @@ def residual_add_backward(grad_out, y, relu):
 
 # ---------------------------------------------------------------- batch norm
 #
-# Reductions run one channel per prange step with float64 sums. fastmath's
-# "reassoc" lets LLVM reorder those sums into SIMD lanes (several times faster;
-# the result differs from a strict left-to-right sum only in rounding). Each
-# (sample, channel) plane is walked as one flat run, so short rows (8x8 maps)
-# still vectorise. The statistics' second pass finds the channel (N*H*W
+# The kernels see images as (N, C, H*W) views, made once per call, and walk
+# each (sample, channel) plane as one flat run indexed by the loop counter, so
+# short rows (8x8 maps) still vectorise. (A view made inside the loops, one a
+# plane, costs an atomic reference count each: it ran the 8x8 layers 2-3x
+# slower on two threads.) Reductions run one channel per prange step with
+# float64 sums; fastmath's "reassoc" lets LLVM reorder those sums into SIMD
+# lanes (several times faster; the result differs from a strict left-to-right
+# sum only in rounding). The statistics' second pass finds the channel (N*H*W
 # numbers, 512 KiB for a CIFAR batch of 128) still in the core's cache.
 
-@njit(cache=True)
-def _plane(a, b, ch):
-    """a[b, ch] as a flat 1-D view."""
-    return a[b, ch].reshape(-1)
+def _planes(a):
+    """a (N, C, H, W) as a C-contiguous (N, C, H*W) array (a view when it already is contiguous)."""
+    return _c(a).reshape(a.shape[0], a.shape[1], -1)
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _channel_mean_var(x, mean, var):
-    """mean[c] = sum(x[:, c]) / M and var[c] = sum((x[:, c] - mean[c])^2) / M, M = N*H*W.
+    """mean[c] = sum(x[:, c]) / M and var[c] = sum((x[:, c] - mean[c])^2) / M, M = N*H*W; x is (N, C, H*W).
 
     Two passes over each channel (the one-pass E[x^2] - E[x]^2 loses every
     digit when the mean is large).
     """
-    n, c, h, w = x.shape
-    m = n * h * w
+    n, c, hw = x.shape
+    m = n * hw
     for ch in prange(c):
         total = 0.0
         for b in range(n):
-            plane = _plane(x, b, ch)
-            for q in range(plane.size):
-                total += plane[q]
+            for q in range(hw):
+                total += x[b, ch, q]
         mu = total / m
         squares = 0.0
         for b in range(n):
-            plane = _plane(x, b, ch)
-            for q in range(plane.size):
-                d = plane[q] - mu
+            for q in range(hw):
+                d = x[b, ch, q] - mu
                 squares += d * d
         mean[ch] = mu
         var[ch] = squares / m
@@ -720,20 +720,19 @@ def batch_norm_stats(x):
     c = x.shape[1]
     mean = np.empty(c, dtype=x.dtype)
     var = np.empty(c, dtype=x.dtype)
-    _channel_mean_var(_c(x), mean, var)
+    _channel_mean_var(_planes(x), mean, var)
     return mean, var
 
 
 @njit(parallel=True, cache=True)
 def _channel_affine(x, scale, shift, y):
-    """y[n, c] = x[n, c] * scale[c] + shift[c]."""
-    n, c = x.shape[0], x.shape[1]
+    """y[n, c] = x[n, c] * scale[c] + shift[c]; x and y are (N, C, H*W)."""
+    n, c, hw = x.shape
     for p in prange(n * c):
         b, ch = p // c, p % c
         k, d = scale[ch], shift[ch]
-        src, dst = _plane(x, b, ch), _plane(y, b, ch)
-        for q in range(src.size):
-            dst[q] = src[q] * k + d
+        for q in range(hw):
+            y[b, ch, q] = x[b, ch, q] * k + d
 
 
 def _scale_shift(mean, invstd, weight, bias):
@@ -748,23 +747,23 @@ def batch_norm_forward(x, mean, invstd, weight, bias):
     """y = (x - mean) * invstd * weight + bias, per channel."""
     scale, shift = _scale_shift(mean, invstd, weight, bias)
     y = np.empty(x.shape, dtype=x.dtype)
-    _channel_affine(_c(x), scale.astype(x.dtype), shift.astype(x.dtype), y)
+    _channel_affine(_planes(x), scale.astype(x.dtype), shift.astype(x.dtype), _planes(y))
     return y
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _bn_grad_sums(grad_out, x, mean, invstd, dbias, dweight):
     """dbias[c] = sum(dy[:, c]) and dweight[c] = sum(dy[:, c] * xhat[:, c]) in one pass, xhat = (x - mean) * invstd."""
-    n, c = x.shape[0], x.shape[1]
+    n, c, hw = x.shape
     for ch in prange(c):
         mu, inv = mean[ch], invstd[ch]
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         for b in range(n):
-            dyp, xp = _plane(grad_out, b, ch), _plane(x, b, ch)
-            for q in range(dyp.size):
-                sum_dy += dyp[q]
-                sum_dy_xhat += dyp[q] * ((xp[q] - mu) * inv)
+            for q in range(hw):
+                dy = grad_out[b, ch, q]
+                sum_dy += dy
+                sum_dy_xhat += dy * ((x[b, ch, q] - mu) * inv)
         dbias[ch] = sum_dy
         dweight[ch] = sum_dy_xhat
 
@@ -772,13 +771,12 @@ def _bn_grad_sums(grad_out, x, mean, invstd, dbias, dweight):
 @njit(parallel=True, cache=True)
 def _bn_backward_dx(grad_out, x, mean, invstd, scale, mean_dy, mean_dy_xhat, dx):
     """dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * scale, per channel (batch statistics)."""
-    n, c = x.shape[0], x.shape[1]
+    n, c, hw = x.shape
     for p in prange(n * c):
         b, ch = p // c, p % c
         mu, inv, k, g, gx = mean[ch], invstd[ch], scale[ch], mean_dy[ch], mean_dy_xhat[ch]
-        dyp, xp, dxp = _plane(grad_out, b, ch), _plane(x, b, ch), _plane(dx, b, ch)
-        for q in range(dyp.size):
-            dxp[q] = (dyp[q] - g - (xp[q] - mu) * inv * gx) * k
+        for q in range(hw):
+            dx[b, ch, q] = (grad_out[b, ch, q] - g - (x[b, ch, q] - mu) * inv * gx) * k
 
 
 @_compiled_dtypes
@@ -789,19 +787,19 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
     dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
     Eval (running statistics are constants): dx = dy * weight * invstd.
     """
-    grad_out, x = _c(grad_out), _c(x)
+    dy3, x3 = _planes(grad_out), _planes(x)
     dtype, c = x.dtype, x.shape[1]
     m = grad_out.size // c
     mean, invstd = _c(mean).astype(dtype), _c(invstd).astype(dtype)
     dbias = np.empty(c, dtype=dtype)
     dweight = np.empty(c, dtype=dtype)
-    _bn_grad_sums(grad_out, x, mean, invstd, dbias, dweight)
+    _bn_grad_sums(dy3, x3, mean, invstd, dbias, dweight)
     scale = (invstd if weight is None else invstd * weight).astype(dtype)
     dx = np.empty(x.shape, dtype=dtype)
     if training:
-        _bn_backward_dx(grad_out, x, mean, invstd, scale, dbias / dtype.type(m), dweight / dtype.type(m), dx)
+        _bn_backward_dx(dy3, x3, mean, invstd, scale, dbias / dtype.type(m), dweight / dtype.type(m), _planes(dx))
     else:
-        _channel_affine(grad_out, scale, np.zeros(c, dtype=dtype), dx)
+        _channel_affine(dy3, scale, np.zeros(c, dtype=dtype), _planes(dx))
     return dx, dweight, dbias
 
 
