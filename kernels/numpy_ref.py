@@ -34,12 +34,11 @@ def im2col(x, kh, kw, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    xp = _pad(x, ph, pw)
+    xp = np.ascontiguousarray(_pad(x, ph, pw).transpose(1, 0, 2, 3))  # channels first, as the columns lie
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            window = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]  # (N, C, OH, OW)
-            cols[:, i, j] = window.transpose(1, 0, 2, 3)
+            cols[:, i, j] = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]  # (C, N, OH, OW)
     return cols.reshape(c * kh * kw, n * oh * ow)
     # END EXERCISE
 
