@@ -5,9 +5,11 @@ signature and returns the same arrays. Each one allocates its output and
 calls one compiled kernel that loops over pixels explicitly; ``prange``
 spreads independent work (samples, (sample, channel) planes, channels) over
 the cores, so no two threads ever write the same element. The convolutions
-call BLAS for their GEMMs, one sample at a time inside the parallel loop, on
-pixel-major unfolded rows (see "convolution" below). The index arithmetic
-lives in ``_index.py``, shared with the CUDA kernels.
+call BLAS for their GEMMs, one sample at a time inside the parallel loop, in
+layouts chosen for BLAS rather than read from the reference (see
+"convolution" below: pixel-major unfolded rows, shifted windows for stride
+1, the NCHW image itself for 1x1). The index arithmetic lives in
+``_index.py``, shared with the CUDA kernels.
 
 Numba compiles for float32 and float64; other dtypes (float16) are served by
 the NumPy reference. ``cache=True`` keeps the machine code on disk, so only
@@ -17,10 +19,12 @@ import contextlib
 import functools
 import os
 
-# Numba's OpenMP workers spin between parallel regions by default. Here they
-# alternate with BLAS calls on few cores, and spinning workers steal the cores
-# the other side needs (kernels ran up to 10x slower on a 2-core machine).
-# Must be set before Numba loads OpenMP; a value the user set wins.
+# Numba's OpenMP workers spin between parallel regions by default, burning a
+# core while the rest of a step (NumPy ops, BLAS outside the kernels, other
+# processes) wants it: kernels ran up to 10x slower on a 2-core machine.
+# Asleep, a worker costs ~60 us to wake per kernel call, which measured no
+# slower over a resnet20 step than a short spin. Must be set before Numba
+# loads OpenMP; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numba  # noqa: E402
@@ -146,7 +150,10 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
 #
 # The reference unfolds the whole batch into one (C*kh*kw, N*OH*OW) matrix and
 # runs one big GEMM. Here each thread takes one sample at a time and keeps
-# everything it touches in its core's cache:
+# everything it touches in its core's cache. Three routes, by the shape of the
+# convolution (_geometry picks one): unfolded rows (below; strided windows
+# and images with few channels), shifted windows (stride 1) and pointwise
+# (1x1). The rows:
 #
 #   1. copy the sample into a zero-bordered scratch image in HWC order
 #      (channels last; the border is the padding, written once per call);
@@ -555,7 +562,7 @@ def _geometry(x_shape, weight_shape, stride, padding):
 
 @_compiled_dtypes
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x: for each sample, unfolded rows (OH*OW, kh*kw*C) @ W^T (kh*kw*C, O), transposed to (O, OH, OW)."""
+    """y = W * x, sample by sample, by the route _geometry picks (pointwise, shifted windows or unfolded rows)."""
     n, o = x.shape[0], weight.shape[0]
     g = _geometry(x.shape, weight.shape, stride, padding)
     kh, kw, ph, pw, oh, ow, k, threads = (g[name] for name in ("kh", "kw", "ph", "pw", "oh", "ow", "k", "threads"))
@@ -580,7 +587,7 @@ def conv2d_forward(x, weight, stride, padding):
 
 @_compiled_dtypes
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
-    """dx = the adjoint of the unfolding applied to dy^T @ W, sample by sample."""
+    """dx = the adjoint of the forward's unfolding applied to dy^T @ W, sample by sample, by the same route."""
     o = weight.shape[0]
     g = _geometry(x_shape, weight.shape, stride, padding)
     kh, kw, ph, pw, oh, ow, k, threads = (g[name] for name in ("kh", "kw", "ph", "pw", "oh", "ow", "k", "threads"))
@@ -605,7 +612,7 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
 
 @_compiled_dtypes
 def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
-    """dW = the sum over samples of dy[n] @ rows(x[n]); the rows are recomputed rather than kept from forward."""
+    """dW = the sum over samples of dy[n] @ unfolded x[n], by the forward's route; nothing is kept from forward."""
     o, c = weight_shape[:2]
     g = _geometry(x.shape, weight_shape, stride, padding)
     kh, kw, ph, pw, oh, ow, k, threads = (g[name] for name in ("kh", "kw", "ph", "pw", "oh", "ow", "k", "threads"))
