@@ -8,10 +8,7 @@ from the output to the leaves, in reverse topological order, without
 recursion.
 """
 import contextlib
-import ctypes
 import functools
-import os
-import sys
 import threading
 
 import numpy as np
@@ -22,32 +19,6 @@ from .errors import ShapeError
 Tensor = None  # set by minires.tensor once the class exists (it imports this module)
 
 _state = threading.local()
-
-
-def _keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.
-
-    A training step allocates and frees the same few hundred MiB of
-    activations, gradients and im2col columns every step. By default glibc
-    returns large freed blocks to the kernel, so the next step's arrays arrive
-    as fresh pages that the kernel must fault in and zero: about 40,000 page
-    faults and 15-25% of a resnet20 step here, on either CPU backend. Kept,
-    they are reused as they are; the process's memory stays at its peak
-    instead of shrinking between steps. Linux with glibc only;
-    MINIRES_KEEP_FREED_MEMORY=0 leaves malloc alone.
-    """
-    if os.environ.get("MINIRES_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    m_trim_threshold, m_mmap_threshold, largest = -1, -3, 2**31 - 1
-    mallopt(m_mmap_threshold, largest)  # big arrays come from the heap, which is reused, not from mmap
-    mallopt(m_trim_threshold, largest)  # and the heap is not trimmed back
-
-
-_keep_freed_memory()
 
 
 def is_grad_enabled():

@@ -4,9 +4,39 @@ Everything above this layer asks ``array_module(a)`` for the module that
 serves an array instead of importing NumPy or CuPy directly, so the same op
 code runs on both. CuPy is optional: without it only the "cpu" device exists.
 """
+import ctypes
+import os
+import sys
+
 import numpy as np
 
 from .kernels import for_array  # noqa: F401  (re-exported: the kernel backend for an array)
+
+
+def _keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.
+
+    A training step allocates and frees the same few hundred MiB of
+    activations, gradients and im2col columns every step. By default glibc
+    returns large freed blocks to the kernel, so the next step's arrays arrive
+    as fresh pages that the kernel must fault in and zero: about 40,000 page
+    faults and 15-25% of a resnet20 step here, on either CPU backend. Kept,
+    they are reused as they are; the process's memory stays at its peak
+    instead of shrinking between steps. Linux with glibc only;
+    MINIRES_KEEP_FREED_MEMORY=0 leaves malloc alone.
+    """
+    if os.environ.get("MINIRES_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold, largest = -1, -3, 2**31 - 1
+    mallopt(m_mmap_threshold, largest)  # big arrays come from the heap, which is reused, not from mmap
+    mallopt(m_trim_threshold, largest)  # and the heap is not trimmed back
+
+
+_keep_freed_memory()  # at import: minires/__init__ imports this module before any array work
 
 _cupy = None
 _cupy_checked = False
