@@ -87,6 +87,36 @@ def test_notebook_is_committed_with_its_outputs(name):
         f"{name}: the committed outputs were not produced in full mode (parameter cell printed {printed!r})")
 
 
+def _function_sources():
+    """{name: [source, ...]} of every function in kernels/ and minires/, decorators included."""
+    import ast
+    sources = {}
+    for path in [*(ROOT / "kernels").glob("*.py"), *(ROOT / "minires").rglob("*.py")]:
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+                sources.setdefault(node.name, []).append("\n".join(lines[start:node.end_lineno]))
+    return sources
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_printed_library_source_is_current(name):
+    """A notebook that prints a function's source was committed after that function last changed."""
+    sources = None
+    for i, cell in enumerate(_code_cells(_read(name))):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.output_type == "stream" else ""
+            for fn in re.findall(r"^def (\w+)\(", text, flags=re.M):
+                sources = sources or _function_sources()
+                if fn not in sources:
+                    continue  # a function the notebook defines itself
+                assert any(src in text for src in sources[fn]), (
+                    f"{name}: code cell {i} prints an old version of {fn}(); re-execute the notebook "
+                    "and commit it with its outputs")
+
+
 @pytest.fixture(scope="session")
 def kernel_dir(tmp_path_factory):
     """A kernelspec that starts ``sys.executable -m ipykernel_launcher``: this interpreter, this minires."""
