@@ -154,5 +154,5 @@ def test_unwritable_output_folder_message(tmp_path, monkeypatch):
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "minires.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("train", "eval", "summary", "models", "convert"):
+    for command in ("train", "eval", "experiment", "summary", "models", "convert", "bench", "exercises"):
         assert command in out.stdout
