@@ -160,31 +160,41 @@ def _reset_peak():
         pass
 
 
+def _conv_case(workload, batch, rng, make, F, no_grad):
+    """(setup, step) closures for a conv workload in either framework (both speak PyTorch's API).
+
+    ``make(array, grad)`` turns a float32 NumPy array into the framework's tensor;
+    ``F`` is its functional module and ``no_grad`` its context manager. Both
+    frameworks draw the same numbers in the same order.
+    """
+    cin, cout, side, stride = workload.shape
+    grad = workload.kind == "conv_bwd"
+    x = make(rng.standard_normal((batch, cin, side, side), dtype=np.float32), grad)
+    w = make(rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) / 3, grad)
+    if not grad:
+        def forward():
+            with no_grad():
+                F.conv2d(x, w, stride=stride, padding=1)
+        return None, forward
+    out = (side - 1) // stride + 1
+    dy = make(rng.standard_normal((batch, cout, out, out), dtype=np.float32))
+    graph = {}
+
+    def setup():
+        x.grad = w.grad = None
+        graph["y"] = F.conv2d(x, w, stride=stride, padding=1)
+
+    def backward():
+        graph.pop("y").backward(dy)
+    return setup, backward
+
+
 def _minires_case(workload, batch, rng):
     """(setup, step) closures for a minires workload on float32 data; ``setup`` (or None) runs untimed."""
     from . import functional as F
     from . import models, no_grad, optim, tensor
     if workload.kind.startswith("conv"):
-        cin, cout, side, stride = workload.shape
-        grad = workload.kind == "conv_bwd"
-        x = tensor(rng.standard_normal((batch, cin, side, side), dtype=np.float32), requires_grad=grad)
-        w = tensor(rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) / 3, requires_grad=grad)
-        if not grad:
-            def forward():
-                with no_grad():
-                    F.conv2d(x, w, stride=stride, padding=1)
-            return None, forward
-        out = (side - 1) // stride + 1
-        dy = tensor(rng.standard_normal((batch, cout, out, out), dtype=np.float32))
-        graph = {}
-
-        def setup():
-            x.grad = w.grad = None
-            graph["y"] = F.conv2d(x, w, stride=stride, padding=1)
-
-        def backward():
-            graph.pop("y").backward(dy)
-        return setup, backward
+        return _conv_case(workload, batch, rng, lambda a, grad=False: tensor(a, requires_grad=grad), F, no_grad)
 
     model = models.get(workload.model)
     x = tensor(rng.standard_normal((batch, 3, workload.image, workload.image), dtype=np.float32))
@@ -283,26 +293,8 @@ def _torch_case(workload, batch, rng):
         return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
     if workload.kind.startswith("conv"):
-        cin, cout, side, stride = workload.shape
-        grad = workload.kind == "conv_bwd"
-        x = randn(batch, cin, side, side).requires_grad_(grad)
-        w = (randn(cout, cin, 3, 3) / 3).requires_grad_(grad)
-        if not grad:
-            def forward():
-                with torch.no_grad():
-                    F.conv2d(x, w, stride=stride, padding=1)
-            return None, forward
-        out = (side - 1) // stride + 1
-        dy = randn(batch, cout, out, out)
-        graph = {}
-
-        def setup():
-            x.grad = w.grad = None
-            graph["y"] = F.conv2d(x, w, stride=stride, padding=1)
-
-        def backward():
-            graph.pop("y").backward(dy)
-        return setup, backward
+        return _conv_case(workload, batch, rng, lambda a, grad=False: torch.from_numpy(a).requires_grad_(grad),
+                          F, torch.no_grad)
 
     model = _torch_models(torch)[workload.model]()
     x = randn(batch, 3, workload.image, workload.image)
