@@ -144,29 +144,30 @@ def test_conv2d_backward_weight_matches_finite_differences(monkeypatch):
                 "conv2d_backward_weight against finite differences of sum(conv2d(x) * R)", rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.exercise("conv.backward_input")
-def test_conv2d_backward_input_matches_pytorch(monkeypatch):
+def _torch_conv_gradients():
+    """(x, weight, R, dx, dW): PyTorch's gradients of sum(conv2d(x, W, stride (1, 2), padding (1, 0)) * R)."""
     torch = pytest.importorskip("torch")
-    patch_im2col(monkeypatch)
     x, weight = normal(SHAPE, dtype=np.float64), normal((4, SHAPE[1], 3, 2), seed=11, dtype=np.float64)
     tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(weight, requires_grad=True)
     y = torch.nn.functional.conv2d(tx, tw, stride=(1, 2), padding=(1, 0))
     r = normal(tuple(y.shape), seed=12, dtype=np.float64)
     (y * torch.tensor(r)).sum().backward()
-    check_array(ref.conv2d_backward_input(r, weight, SHAPE, (1, 2), (1, 0)), tx.grad.numpy(),
+    return x, weight, r, tx.grad.numpy(), tw.grad.numpy()
+
+
+@pytest.mark.exercise("conv.backward_input")
+def test_conv2d_backward_input_matches_pytorch(monkeypatch):
+    patch_im2col(monkeypatch)
+    _, weight, r, dx, _ = _torch_conv_gradients()
+    check_array(ref.conv2d_backward_input(r, weight, SHAPE, (1, 2), (1, 0)), dx,
                 "conv2d_backward_input against PyTorch", rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.exercise("conv.backward_weight")
 def test_conv2d_backward_weight_matches_pytorch(monkeypatch):
-    torch = pytest.importorskip("torch")
     patch_im2col(monkeypatch)
-    x, weight = normal(SHAPE, dtype=np.float64), normal((4, SHAPE[1], 3, 2), seed=11, dtype=np.float64)
-    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(weight, requires_grad=True)
-    y = torch.nn.functional.conv2d(tx, tw, stride=(1, 2), padding=(1, 0))
-    r = normal(tuple(y.shape), seed=12, dtype=np.float64)
-    (y * torch.tensor(r)).sum().backward()
-    check_array(ref.conv2d_backward_weight(r, x, weight.shape, (1, 2), (1, 0)), tw.grad.numpy(),
+    x, weight, r, _, dw = _torch_conv_gradients()
+    check_array(ref.conv2d_backward_weight(r, x, weight.shape, (1, 2), (1, 0)), dw,
                 "conv2d_backward_weight against PyTorch", rtol=1e-10, atol=1e-10)
 
 
