@@ -1,8 +1,17 @@
 """The readable reference kernels: plain NumPy, always available.
 
 Every function takes arrays and returns arrays; nothing here knows about
-tensors or autograd. Layouts follow the API (NCHW). Faster backends provide
-the same functions with the same signatures (see ``kernels/__init__.py``).
+tensors or autograd. Shapes follow the API (N, C, H, W). Faster backends
+provide the same functions with the same signatures (see
+``kernels/__init__.py``).
+
+Memory layout: the convolutions work channels first, as the GEMM lays its
+rows out, and hand back (N, C, H, W) *views* of that (C, N, H, W) memory
+instead of copying it into NCHW order. NumPy's elementwise ops and
+reductions follow whatever order the memory is in, so batch norm, ReLU and
+the residual add keep it, and the next convolution finds its input already
+channels first: its im2col and the backward's ``_grad_rows`` become plain
+copies or no copy at all.
 """
 import numpy as np
 
@@ -34,7 +43,8 @@ def im2col(x, kh, kw, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    xp = np.ascontiguousarray(_pad(x, ph, pw).transpose(1, 0, 2, 3))  # channels first, as the columns lie
+    xp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)  # padded and channels first, as the columns lie
+    xp[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -44,7 +54,7 @@ def im2col(x, kh, kw, stride, padding):
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
-    """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image."""
+    """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image (a view of (C, N, H, W) memory)."""
     # BEGIN EXERCISE conv.col2im
     # HINT: undo im2col's layout, then add each tap's (i, j) columns into a zero padded image at the
     # HINT: strided positions that tap read (pixels read by several taps get the sum); cut the padding off.
@@ -56,24 +66,24 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     for i in range(kh):
         for j in range(kw):
             xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, i, j]
-    return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
+    return xp[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)  # no copy back to NCHW order
     # END EXERCISE
 
 
 # ---------------------------------------------------------------- convolution
 
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW) -> (N, O, OH, OW)."""
+    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW) -> (N, O, OH, OW), a view of (O, N, OH, OW) memory."""
     # BEGIN EXERCISE conv.forward
     # HINT: im2col, one matrix product with the weight flattened to (O, C*kh*kw), then bring the
-    # HINT: (O, N*OH*OW) result to (N, O, OH, OW) as a contiguous array.
+    # HINT: (O, N*OH*OW) result to shape (N, O, OH, OW) (reshape and transpose: a view, no copy needed).
     n = x.shape[0]
     o, _, kh, kw = weight.shape
     cols = im2col(x, kh, kw, stride, padding)
     y = weight.reshape(o, -1) @ cols  # (O, N*OH*OW)
     oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
     ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
-    return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
     # END EXERCISE
 
 
@@ -87,8 +97,19 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
     # BEGIN EXERCISE conv.backward_input
     # HINT: return dx of shape x_shape, the gradient of sum(conv2d_forward(x) * grad_out) with respect to x;
     # HINT: differentiate the forward GEMM, then undo im2col with its adjoint; _grad_rows lays grad_out out.
-    """dx = col2im(W^T @ dy)."""
+    """dx = col2im(W^T @ dy).
+
+    At stride 1 the same sum is itself a convolution (the "full" convolution
+    of backprop): dy, padded by k - 1 - p, correlated with the kernel flipped
+    in both spatial axes and with its input and output channels swapped.
+    Gathering columns (im2col) costs a third to a half of scattering them
+    back (col2im), so that route is taken wherever it applies.
+    """
     o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+        flipped = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw), taps reversed
+        return conv2d_forward(grad_out, flipped, stride, (kh - 1 - ph, kw - 1 - pw))
     dcols = weight.reshape(o, -1).T @ _grad_rows(grad_out)
     return col2im(dcols, x_shape, kh, kw, stride, padding)
     # END EXERCISE
@@ -170,13 +191,16 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
     """
     axes = (0, 2, 3)
     m = grad_out.size // grad_out.shape[1]
-    xhat = (x - mean[None, :, None, None]) * invstd[None, :, None, None]
+    xhat = x - mean[None, :, None, None]
+    xhat *= invstd[None, :, None, None]  # in place (here and below): one temporary less per step
     dbias = grad_out.sum(axis=axes)
     dweight = (grad_out * xhat).sum(axis=axes)
     scale = invstd if weight is None else invstd * weight
     if training:
-        dx = (grad_out - (dbias / m)[None, :, None, None]
-              - xhat * (dweight / m)[None, :, None, None]) * scale[None, :, None, None]
+        dx = grad_out - (dbias / m)[None, :, None, None]
+        xhat *= (dweight / m)[None, :, None, None]
+        dx -= xhat
+        dx *= scale[None, :, None, None]
     else:
         dx = grad_out * scale[None, :, None, None]
     return dx, dweight, dbias

@@ -81,7 +81,6 @@ def test_conv2d_forward_matches_the_loop(monkeypatch, kernel, stride, padding):
     check_array(got, conv2d_loop(x, weight, stride, padding),
                 f"conv2d_forward(x {SHAPE}, weight {weight.shape}, {describe_window(kernel, stride, padding)})",
                 rtol=1e-4, atol=1e-5, dtype=np.float32)
-    assert got.flags.c_contiguous, "conv2d_forward must return a C-contiguous array (np.ascontiguousarray)"
 
 
 @pytest.mark.exercise("conv.forward")
