@@ -103,11 +103,12 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
     of backprop): dy, padded by k - 1 - p, correlated with the kernel flipped
     in both spatial axes and with its input and output channels swapped.
     Gathering columns (im2col) costs a third to a half of scattering them
-    back (col2im), so that route is taken wherever it applies.
+    back (col2im), so that route is taken where it applies and dy has no
+    more channels than x (else dy's columns outgrow x's: the first layer).
     """
-    o, _, kh, kw = weight.shape
+    o, c, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
-    if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+    if (sh, sw) == (1, 1) and ph < kh and pw < kw and o <= c:
         flipped = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw), taps reversed
         return conv2d_forward(grad_out, flipped, stride, (kh - 1 - ph, kw - 1 - pw))
     dcols = weight.reshape(o, -1).T @ _grad_rows(grad_out)
