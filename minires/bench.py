@@ -7,6 +7,12 @@ is that workload's alone and every framework gets the same cores. Times are
 medians after warm-up; GFLOP/s counts 2 FLOPs per multiply-add of the
 convolutions and linear layers (``minires.viz.summary``'s count), three times
 the forward's for a training step.
+
+With ``device="cuda"`` the same workloads run on the GPU: minires on its GPU
+kernel backends (CuPy arrays), PyTorch on CUDA with TF32 off (both compute in
+full float32); every timed step ends in a device synchronisation, and peak
+memory is what each framework's GPU allocator holds above the live memory
+after setup (CuPy's memory pool; PyTorch's reserved bytes).
 """
 import argparse
 import datetime
@@ -28,6 +34,7 @@ CONV_SHAPES = ((3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
 QUICK_REPEAT, QUICK_WARMUP = 2, 1
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -93,17 +100,28 @@ def resolve_workloads(names):
     return [WORKLOADS[n] for n in chosen]
 
 
-def resolve_backends(names):
-    """The CPU kernel backends named by a comma list (or list); by default every one that loads here."""
+def check_device(device):
+    """``device`` ("cpu" or "cuda") when minires can run there, else a one-line error saying what is missing."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    from . import cuda
+    if device == "cuda" and not cuda.is_available():
+        raise RuntimeError("--device cuda needs CuPy and an NVIDIA GPU (pip install 'minires[cuda]'); "
+                           "minires.cuda.is_available() is False here")
+    return device
+
+
+def resolve_backends(names, device="cpu"):
+    """The kernel backends for ``device`` named by a comma list (or list); by default every one that loads here."""
     from . import kernels
     if names is None:
-        return [n for n, (_, device, _) in kernels.BACKENDS.items() if device == "cpu" and kernels.available(n)]
+        return [n for n, (_, serves, _) in kernels.BACKENDS.items() if serves == device and kernels.available(n)]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     for name in names:
-        if name in kernels.BACKENDS and kernels.BACKENDS[name][1] != "cpu":
-            raise ValueError(f"only CPU kernel backends can be timed; {name!r} serves "
-                             f"{kernels.BACKENDS[name][1]} arrays")
+        if name in kernels.BACKENDS and kernels.BACKENDS[name][1] != device:
+            raise ValueError(f"kernel backend {name!r} serves {kernels.BACKENDS[name][1]} arrays, not {device} "
+                             f"ones; pick the device with --device")
         kernels.load(name)  # a one-line error for an unknown backend or a missing library
     if not names:
         raise ValueError("no backend given")
@@ -189,15 +207,20 @@ def _conv_case(workload, batch, rng, make, F, no_grad):
     return setup, backward
 
 
-def _minires_case(workload, batch, rng):
+def _minires_case(workload, batch, rng, device="cpu"):
     """(setup, step) closures for a minires workload on float32 data; ``setup`` (or None) runs untimed."""
     from . import functional as F
     from . import models, no_grad, optim, tensor
-    if workload.kind.startswith("conv"):
-        return _conv_case(workload, batch, rng, lambda a, grad=False: tensor(a, requires_grad=grad), F, no_grad)
+    from .backend import to_device
 
-    model = models.get(workload.model)
-    x = tensor(rng.standard_normal((batch, 3, workload.image, workload.image), dtype=np.float32))
+    def make(array, grad=False):
+        return tensor(to_device(array, device), requires_grad=grad)
+
+    if workload.kind.startswith("conv"):
+        return _conv_case(workload, batch, rng, make, F, no_grad)
+
+    model = models.get(workload.model).to(device)
+    x = make(rng.standard_normal((batch, 3, workload.image, workload.image), dtype=np.float32))
     if workload.kind == "eval":
         model.eval()
 
@@ -205,7 +228,7 @@ def _minires_case(workload, batch, rng):
             with no_grad():
                 model(x)
         return None, evaluate
-    labels = tensor(rng.integers(0, model.fc.out_features, batch))
+    labels = make(rng.integers(0, model.fc.out_features, batch))
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def train_step():
@@ -284,20 +307,19 @@ def _torch_models(torch):
     return {"resnet20": resnet20, "resnet50": resnet50}
 
 
-def _torch_case(workload, batch, rng):
+def _torch_case(workload, batch, rng, device="cpu"):
     """(setup, step) closures for the same workload in PyTorch."""
     import torch
     F = torch.nn.functional
 
-    def randn(*shape):
-        return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+    def make(array, grad=False):
+        return torch.from_numpy(array).to(device).requires_grad_(grad)
 
     if workload.kind.startswith("conv"):
-        return _conv_case(workload, batch, rng, lambda a, grad=False: torch.from_numpy(a).requires_grad_(grad),
-                          F, torch.no_grad)
+        return _conv_case(workload, batch, rng, make, F, torch.no_grad)
 
-    model = _torch_models(torch)[workload.model]()
-    x = randn(batch, 3, workload.image, workload.image)
+    model = _torch_models(torch)[workload.model]().to(device)
+    x = make(rng.standard_normal((batch, 3, workload.image, workload.image), dtype=np.float32))
     if workload.kind == "eval":
         model.eval()
 
@@ -305,7 +327,7 @@ def _torch_case(workload, batch, rng):
             with torch.no_grad():
                 model(x)
         return None, evaluate
-    labels = torch.from_numpy(rng.integers(0, model[-1].out_features, batch))
+    labels = make(rng.integers(0, model[-1].out_features, batch))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def train_step():
@@ -316,39 +338,100 @@ def _torch_case(workload, batch, rng):
     return None, train_step
 
 
+class _HostMemory:
+    """Peak resident memory above the baseline taken after setup (the CPU runs)."""
+
+    def start(self):
+        _release_free_memory()
+        self.baseline, _ = _memory_kib()
+
+    def warmed_up(self):
+        _reset_peak()  # the warm-ups may compile (Numba) or fill caches: count the timed steps' peak
+
+    def peak_kib(self):
+        return max(_memory_kib()[1] - self.baseline, 0)
+
+
+class _CupyMemory:
+    """GPU memory CuPy's pool holds above the live memory after setup; the pool keeps what it once held."""
+
+    def __init__(self):
+        import cupy
+        self.pool = cupy.get_default_memory_pool()
+
+    def start(self):
+        self.pool.free_all_blocks()
+        self.baseline = self.pool.used_bytes()
+
+    def warmed_up(self):
+        pass
+
+    def peak_kib(self):
+        return max(self.pool.total_bytes() - self.baseline, 0) // 1024
+
+
+class _TorchCudaMemory:
+    """GPU memory PyTorch's caching allocator reserved, at its peak, above the live memory after setup."""
+
+    def __init__(self, torch):
+        self.cuda = torch.cuda
+
+    def start(self):
+        self.cuda.empty_cache()
+        self.cuda.reset_peak_memory_stats()
+        self.baseline = self.cuda.memory_allocated()
+
+    def warmed_up(self):
+        pass
+
+    def peak_kib(self):
+        return max(self.cuda.max_memory_reserved() - self.baseline, 0) // 1024
+
+
 def _worker(spec):
     """Run one (framework, workload, backend) and print its times and memory as one JSON line."""
     workload = WORKLOADS[spec["workload"]]
+    device = spec.get("device", "cpu")
     if spec["framework"] == "torch":
         import torch
         torch.set_num_threads(spec["threads"])
         build = _torch_case
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as minires computes
+            torch.backends.cudnn.allow_tf32 = False
+            sync, memory = torch.cuda.synchronize, _TorchCudaMemory(torch)
     else:
         from . import kernels
         kernels.use(spec["backend"])
         build = _minires_case
+        if device == "cuda":
+            import cupy
+            sync, memory = cupy.cuda.Device().synchronize, _CupyMemory()
+    if device == "cpu":
+        sync, memory = (lambda: None), _HostMemory()
     # a one-image step first, so code loaded on first use (Numba's kernels, oneDNN's) sits in the baseline
-    for prime in build(workload, 1, np.random.default_rng(1)):
+    for prime in build(workload, 1, np.random.default_rng(1), device):
         if prime is not None:
             prime()
     del prime
     gc.collect()
-    setup, step = build(workload, spec["batch"], np.random.default_rng(0))
+    setup, step = build(workload, spec["batch"], np.random.default_rng(0), device)
     gc.collect()
-    _release_free_memory()
-    baseline, _ = _memory_kib()
+    sync()
+    memory.start()
     times = []
     for i in range(spec["warmup"] + spec["repeat"]):
         if i == spec["warmup"]:
-            _reset_peak()  # the warm-ups may compile (Numba) or fill caches: count the timed steps' peak
+            memory.warmed_up()
         if setup is not None:
             setup()
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - start)
-    _, peak = _memory_kib()
-    print(json.dumps({"times_s": times, "peak_kib": max(peak - baseline, 0)}))
+    print(json.dumps({"times_s": times, "peak_kib": memory.peak_kib()}))
 
 
 # ---------------------------------------------------------------- the parent
@@ -366,9 +449,10 @@ def _run_child(spec):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _record(workload, framework, backend, batch, threads, warmup, answer, flop, rounds=1):
+def _record(workload, framework, backend, device, batch, threads, warmup, answer, flop, rounds=1):
     ms = 1e3 * statistics.median(answer["times_s"])
-    return {"workload": workload.name, "framework": framework, "backend": backend, "batch_size": batch,
+    return {"workload": workload.name, "framework": framework, "backend": backend, "device": device,
+            "batch_size": batch,
             "threads": threads, "warmup": warmup, "rounds": rounds, "repeat": len(answer["times_s"]),
             "ms": ms, "times_ms": [1e3 * t for t in answer["times_s"]],
             "images_per_s": batch / (ms / 1e3), "flop": flop, "gflop_per_s": flop / (ms / 1e3) / 1e9,
@@ -381,16 +465,18 @@ def torch_available():
 
 
 def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repeat=None, warmup=None,
-              quick=False, torch=True, log=None, rounds=1):
+              quick=False, torch=True, log=None, rounds=1, device="cpu"):
     """Measure each workload on each backend (and in PyTorch when installed and ``torch``); return the records.
 
-    ``workloads`` and ``backends`` are comma lists or lists (default: ``DEFAULT_WORKLOADS``, every CPU backend
-    that loads); ``log`` is a file that gets a line per measurement as it finishes. With ``rounds`` > 1 every
-    framework of a workload is measured that many times, taking turns (a fresh process each time), and the
-    times of all rounds are pooled: load that comes and goes then falls on every framework alike, so the
-    ratios hold up better on a busy machine. The peak memory is the largest of the rounds'.
+    ``workloads`` and ``backends`` are comma lists or lists (default: ``DEFAULT_WORKLOADS``, every backend
+    for ``device`` that loads); ``device`` is "cpu" or "cuda" (a GPU: see the module's docstring); ``log`` is
+    a file that gets a line per measurement as it finishes. With ``rounds`` > 1 every framework of a workload
+    is measured that many times, taking turns (a fresh process each time), and the times of all rounds are
+    pooled: load that comes and goes then falls on every framework alike, so the ratios hold up better on a
+    busy machine. The peak memory is the largest of the rounds'.
     """
-    chosen, backends = resolve_workloads(workloads), resolve_backends(backends)
+    device = check_device(device)
+    chosen, backends = resolve_workloads(workloads), resolve_backends(backends, device)
     for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("repeat", repeat, 1),
                              ("warmup", warmup, 0), ("rounds", rounds, 1)):
         if value is not None and value < low:
@@ -400,7 +486,7 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
     records = []
     for workload in chosen:
         batch = batch_size or (workload.quick_batch if quick else workload.batch)
-        spec = {"workload": workload.name, "batch": batch, "threads": threads,
+        spec = {"workload": workload.name, "batch": batch, "threads": threads, "device": device,
                 "warmup": warmup if warmup is not None else (QUICK_WARMUP if quick else workload.warmup),
                 "repeat": repeat if repeat is not None else (QUICK_REPEAT if quick else workload.repeat)}
         flop = workload.flop(batch, macs_per_image(workload))
@@ -415,8 +501,8 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                     ms, mib = 1e3 * statistics.median(answer["times_s"]), answer["peak_kib"] / 1024
                     print(f"bench: {workload.name:<26} {backend:<7} {ms:10.2f} ms  {mib:8.1f} MiB", file=log,
                           flush=True)
-        group = [_record(workload, framework, backend, batch, threads, spec["warmup"], answers[framework, backend],
-                         flop, rounds) for framework, backend in frameworks]
+        group = [_record(workload, framework, backend, device, batch, threads, spec["warmup"],
+                         answers[framework, backend], flop, rounds) for framework, backend in frameworks]
         reference = next((r for r in group if r["framework"] == "torch"), None)
         for r in group:
             if reference is not None and r is not reference:
@@ -445,19 +531,34 @@ def format_table(records):
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
+def describe_gpu():
+    """The GPU minires runs on, with the CuPy and CUDA versions (asks CuPy; call only when a GPU is usable)."""
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    runtime = cupy.cuda.runtime.runtimeGetVersion()
+    return f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CuPy {cupy.__version__}, " \
+           f"CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}"
+
+
 def run_cli(args):
     """The ``minires bench`` command: run the benchmark and print the table (or ``--json``)."""
     started, load = datetime.datetime.now().astimezone(), os.getloadavg()[0]
     records = run_bench(args.workloads, args.backend, args.batch_size, args.threads, args.repeat, args.warmup,
-                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds)
+                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds, device=args.device)
     if args.json:
         print(json.dumps(records, indent=1))
         return
     first = records[0]
     rounds = f", {first['rounds']} rounds taking turns" if first["rounds"] > 1 else ""
-    print(f"minires bench, {started:%Y-%m-%d %H:%M %Z}: threads {first['threads']} (of {os.cpu_count()} CPUs), "
-          f"load average {load:.2f} at the start and {os.getloadavg()[0]:.2f} at the end; ms = median of the "
-          f"timed runs after warm-up{rounds}; peak MiB = peak RSS above the child's after-setup baseline")
+    if args.device == "cuda":
+        where = f"GPU {describe_gpu()}, PyTorch with TF32 off; host threads {first['threads']}"
+        memory = "peak MiB = GPU memory the framework's allocator held above the live memory after setup"
+    else:
+        where = f"threads {first['threads']} (of {os.cpu_count()} CPUs)"
+        memory = "peak MiB = peak RSS above the child's after-setup baseline"
+    print(f"minires bench, {started:%Y-%m-%d %H:%M %Z}: {where}, load average {load:.2f} at the start and "
+          f"{os.getloadavg()[0]:.2f} at the end; ms = median of the timed runs after warm-up{rounds}; {memory}")
     print(format_table(records))
 
 
@@ -465,11 +566,14 @@ def add_bench_parser(subparsers):
     """Register ``minires bench`` on the ``minires`` command's subparsers."""
     p = subparsers.add_parser("bench", help="time minires's kernels and models per backend, beside PyTorch",
                               description="Time conv2d on resnet20's shapes, a resnet20 training step and "
-                                          "eval pass (resnet50 on request) per kernel backend, beside PyTorch; "
-                                          "each measurement runs in a fresh process.")
+                                          "eval pass (resnet50 on request) per kernel backend, beside PyTorch, "
+                                          "on the CPU or (--device cuda) a GPU; each measurement runs in a "
+                                          "fresh process.")
     p.add_argument("--workloads", help=f"comma list of workloads or groups (default: the 'default' group); "
                                        f"workloads: {', '.join(WORKLOADS)}; groups: {', '.join(GROUPS)}")
-    p.add_argument("--backend", help="comma list of CPU kernel backends (default: every one installed)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where minires and PyTorch run: cpu (default) or cuda (a GPU, with the GPU kernel backends)")
+    p.add_argument("--backend", help="comma list of kernel backends for the device (default: every one installed)")
     p.add_argument("--batch-size", type=int, help="one batch size for every workload (default: per workload)")
     p.add_argument("--threads", type=int, help="threads for every framework (default: os.cpu_count())")
     p.add_argument("--repeat", type=int, help="timed runs per measurement (default: per workload)")

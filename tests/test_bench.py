@@ -10,10 +10,11 @@ import statistics
 
 import pytest
 
+import minires
 from minires import bench, cli
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-FIELDS = {"workload", "framework", "backend", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
+FIELDS = {"workload", "framework", "backend", "device", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
           "images_per_s", "flop", "gflop_per_s", "peak_mib", "time_ratio_vs_torch", "memory_ratio_vs_torch"}
 
 
@@ -30,12 +31,12 @@ def resnet20_macs(side=32):
     return total + 64 * 10                               # fc
 
 
-def check_records(records, workload, batch, forward_passes, rounds=1):
+def check_records(records, workload, batch, forward_passes, rounds=1, backends=("numpy",), device="cpu"):
     """Every record has the fields, consistent arithmetic, and ratios against the torch record when there is one."""
     assert records, "no records"
     for r in records:
         assert FIELDS <= set(r), f"missing fields {FIELDS - set(r)}"
-        assert r["workload"] == workload and r["batch_size"] == batch
+        assert r["workload"] == workload and r["batch_size"] == batch and r["device"] == device
         assert r["rounds"] == rounds
         assert r["repeat"] == len(r["times_ms"]) == rounds * bench.QUICK_REPEAT
         assert r["ms"] == pytest.approx(statistics.median(r["times_ms"]))
@@ -44,16 +45,16 @@ def check_records(records, workload, batch, forward_passes, rounds=1):
         assert r["gflop_per_s"] == pytest.approx(r["flop"] / r["ms"] / 1e6)
         assert r["images_per_s"] == pytest.approx(batch / r["ms"] * 1e3)
     minires_records = [r for r in records if r["framework"] == "minires"]
-    assert [r["backend"] for r in minires_records] == ["numpy"]
+    assert [r["backend"] for r in minires_records] == list(backends)
     torch_records = [r for r in records if r["framework"] == "torch"]
     if not HAS_TORCH:
-        assert not torch_records and minires_records[0]["time_ratio_vs_torch"] is None
+        assert not torch_records and all(r["time_ratio_vs_torch"] is None for r in minires_records)
         return
     (reference,) = torch_records
-    mine = minires_records[0]
-    assert mine["time_ratio_vs_torch"] == pytest.approx(mine["ms"] / reference["ms"])
-    if reference["peak_mib"] > 0:
-        assert mine["memory_ratio_vs_torch"] == pytest.approx(mine["peak_mib"] / reference["peak_mib"])
+    for mine in minires_records:
+        assert mine["time_ratio_vs_torch"] == pytest.approx(mine["ms"] / reference["ms"])
+        if reference["peak_mib"] > 0:
+            assert mine["memory_ratio_vs_torch"] == pytest.approx(mine["peak_mib"] / reference["peak_mib"])
 
 
 def test_resnet20_multiply_adds_match_the_formula():
@@ -96,8 +97,32 @@ def test_rounds_pool_every_round_of_every_framework(capsys):
     (["--backend", "fortran"], "unknown kernel backend 'fortran'"),
     (["--workloads", "conv", "--repeat", "0"], "repeat must be at least 1"),
     (["--workloads", "conv", "--rounds", "0"], "rounds must be at least 1"),
+    (["--backend", "cupy"], "kernel backend 'cupy' serves cuda arrays, not cpu ones"),
 ])
 def test_bad_options_give_one_line(capsys, args, message):
     assert cli.main(["bench", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(minires.cuda.is_available(), reason="this machine has a GPU: the next test runs instead")
+def test_device_cuda_without_a_gpu_says_what_is_missing(capsys):
+    assert cli.main(["bench", "--device", "cuda", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda needs CuPy and an NVIDIA GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not minires.cuda.is_available(), reason="needs CuPy and a GPU")
+def test_quick_run_on_the_gpu(capsys):
+    """--device cuda: every GPU backend (and PyTorch on CUDA) times the step; the header names the GPU."""
+    from minires import kernels
+    gpu_backends = tuple(n for n, (_, serves, _) in kernels.BACKENDS.items()
+                         if serves == "cuda" and kernels.available(n))
+    assert "cupy" in gpu_backends
+    assert cli.main(["bench", "--device", "cuda", "--quick", "--workloads", "resnet20_train", "--batch-size", "2",
+                     "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU " in out.splitlines()[0] and "TF32 off" in out.splitlines()[0]
+    records = bench.run_bench("resnet20_train", None, batch_size=2, threads=1, quick=True, device="cuda")
+    check_records(records, "resnet20_train", 2, forward_passes=3, backends=gpu_backends, device="cuda")
+    assert all(r["peak_mib"] > 0 for r in records), "a GPU step allocates: its allocator's peak must show"
