@@ -338,7 +338,18 @@ def _torch_case(workload, batch, rng, device="cpu"):
     return None, train_step
 
 
-class _HostMemory:
+class _Memory:
+    """Peak memory of the timed steps: ``start()`` after setup, ``warmed_up()`` after the warm-ups, then ``peak_kib()``.
+
+    On a GPU the allocators keep what they once held, so the warm-ups (the
+    same step) leave the peak where it is and ``warmed_up`` has nothing to do.
+    """
+
+    def warmed_up(self):
+        pass
+
+
+class _HostMemory(_Memory):
     """Peak resident memory above the baseline taken after setup (the CPU runs)."""
 
     def start(self):
@@ -352,7 +363,7 @@ class _HostMemory:
         return max(_memory_kib()[1] - self.baseline, 0)
 
 
-class _CupyMemory:
+class _CupyMemory(_Memory):
     """GPU memory CuPy's pool holds above the live memory after setup; the pool keeps what it once held."""
 
     def __init__(self):
@@ -363,14 +374,11 @@ class _CupyMemory:
         self.pool.free_all_blocks()
         self.baseline = self.pool.used_bytes()
 
-    def warmed_up(self):
-        pass
-
     def peak_kib(self):
         return max(self.pool.total_bytes() - self.baseline, 0) // 1024
 
 
-class _TorchCudaMemory:
+class _TorchCudaMemory(_Memory):
     """GPU memory PyTorch's caching allocator reserved, at its peak, above the live memory after setup."""
 
     def __init__(self, torch):
@@ -380,9 +388,6 @@ class _TorchCudaMemory:
         self.cuda.empty_cache()
         self.cuda.reset_peak_memory_stats()
         self.baseline = self.cuda.memory_allocated()
-
-    def warmed_up(self):
-        pass
 
     def peak_kib(self):
         return max(self.cuda.max_memory_reserved() - self.baseline, 0) // 1024
