@@ -17,6 +17,7 @@ convolution GEMMs go to cuBLAS through ``cupy.matmul``, or to NumPy on the
 host when CuPy is absent.
 """
 import math
+import os
 
 import numpy as np
 from numba import config, cuda
@@ -33,6 +34,18 @@ except ImportError:
 if not cuda.is_available():
     raise ImportError("numba-cuda finds no usable CUDA GPU; to run these kernels without one, "
                       "set NUMBA_ENABLE_CUDASIM=1 before Python starts")
+
+# A CuPy array tells Numba the stream its data belongs to, and by default Numba
+# waits for that stream before every launch, once per CuPy argument: the host
+# could never queue work ahead of the GPU. CuPy and these kernels both launch
+# on the legacy default stream, so their work is ordered already; a value the
+# user set (NUMBA_CUDA_ARRAY_INTERFACE_SYNC) wins.
+if cupy is not None and "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" not in os.environ:
+    try:  # numba-cuda keeps its own settings module (the same object as numba.config in recent versions)
+        from numba.cuda.core import config as _cuda_config
+    except ImportError:
+        _cuda_config = config
+    config.CUDA_ARRAY_INTERFACE_SYNC = _cuda_config.CUDA_ARRAY_INTERFACE_SYNC = 0
 
 NAME = "numba-cuda"
 

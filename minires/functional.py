@@ -429,7 +429,7 @@ def cross_entropy(logits, target, reduction="mean"):
     """Softmax cross-entropy of logits (N, K) against integer class labels (N,)."""
     _floating("cross_entropy", logits=logits)
     if not isinstance(target, Tensor):
-        target = Tensor(np.asarray(target))
+        target = Tensor(target)  # a list, a NumPy or a CuPy array: kept on its device
     if target.dtype.kind not in "iu":
         raise DTypeError(f"target must hold integer class labels, got dtype {target.dtype} "
                          f"(shape {target.shape})", op="cross_entropy")

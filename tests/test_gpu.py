@@ -63,6 +63,38 @@ def test_mixed_devices_are_refused_with_both_shapes():
     assert "(2, 3, 8, 8)" in str(info.value) and "(4, 3, 3, 3)" in str(info.value)
 
 
+def _every_op(x, w, e, labels):
+    """A scalar through most of the ops the engine has (not the convolutions: the resnet test covers those)."""
+    h = (x ** e).sqrt().log().exp() / 3.0 - x.mean(axis=1, keepdims=True)
+    h = h[:, 4:].reshape(4, 3, 2, 2).permute(0, 2, 3, 1).flatten(1)
+    h = F.concat([h, (h * 2.0).max(axis=1, keepdims=True)], dim=1)
+    logits = F.relu(h) @ w
+    pooled = F.max_pool2d(x.reshape(4, 1, 4, 4) + 1.0, 2).sum() + F.avg_pool2d(x.reshape(4, 1, 4, 4), 2).sum()
+    return F.cross_entropy(logits, labels) + F.softmax(logits, dim=1).sum() * 0.1 + pooled * 0.01
+
+
+def test_the_ops_on_the_gpu_match_the_host():
+    """Values and gradients of _every_op on both devices; the labels reach the GPU as a bare CuPy array."""
+    import cupy
+    rng = np.random.default_rng(4)
+    arrays = {"x": rng.uniform(0.5, 2.0, (4, 16)), "w": rng.standard_normal((13, 5)),
+              "e": rng.uniform(0.5, 1.5, (1, 16))}
+    labels = rng.integers(0, 5, 4)
+    results = {}
+    for device in ("cpu", "cuda"):
+        leaves = {k: minires.tensor(a.astype(np.float32)).to(device).detach().requires_grad_()
+                  for k, a in arrays.items()}
+        target = cupy.asarray(labels) if device == "cuda" else labels
+        loss = _every_op(leaves["x"], leaves["w"], leaves["e"], target)
+        loss.backward()
+        assert loss.device == device and all(t.grad.device == device for t in leaves.values())
+        results[device] = (loss.item(), {k: t.grad.numpy() for k, t in leaves.items()})
+    (host_loss, host_grads), (gpu_loss, gpu_grads) = results["cpu"], results["cuda"]
+    assert gpu_loss == pytest.approx(host_loss, rel=1e-5)
+    for k in arrays:
+        np.testing.assert_allclose(gpu_grads[k], host_grads[k], rtol=1e-4, atol=1e-5, err_msg=f"gradient of {k}")
+
+
 def _resnet_step(model, x, labels):
     loss = F.cross_entropy(model(x), labels)
     model.zero_grad()
