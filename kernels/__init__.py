@@ -107,8 +107,8 @@ def active(device="cpu"):
 
 
 def device_of(array):
-    """"cuda" for an array that lives on a GPU, else "cpu"."""
-    return "cpu" if type(array).__module__.split(".")[0] == "numpy" else "cuda"
+    """"cuda" for an array that lives on a GPU (CuPy, Numba device arrays), else "cpu"."""
+    return "cuda" if hasattr(array, "__cuda_array_interface__") else "cpu"
 
 
 def for_array(array):

@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 
-from .kernels import for_array  # noqa: F401  (re-exported: the kernel backend for an array)
+from .kernels import device_of  # noqa: F401  (one definition, in the layer below: "cpu" or "cuda")
 
 
-def _keep_freed_memory():
+def keep_freed_memory():
     """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.
 
     A training step allocates and frees the same few hundred MiB of
@@ -24,6 +24,10 @@ def _keep_freed_memory():
     they are reused as they are; the process's memory stays at its peak
     instead of shrinking between steps. Linux with glibc only;
     MINIRES_KEEP_FREED_MEMORY=0 leaves malloc alone.
+
+    It changes the whole process, so importing minires never calls it: the
+    training loop (``minires train``, ``train.Run``) and ``minires bench`` do,
+    once, before their first step.
     """
     if os.environ.get("MINIRES_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return
@@ -35,8 +39,6 @@ def _keep_freed_memory():
     mallopt(m_mmap_threshold, largest)  # big arrays come from the heap, which is reused, not from mmap
     mallopt(m_trim_threshold, largest)  # and the heap is not trimmed back
 
-
-_keep_freed_memory()  # at import: minires/__init__ imports this module before any array work
 
 _cupy = None
 _cupy_checked = False
@@ -64,11 +66,6 @@ def array_module(a):
     if cp is not None and isinstance(a, cp.ndarray):
         return cp
     return np
-
-
-def device_of(a):
-    """"cuda" for a CuPy array, "cpu" otherwise."""
-    return "cpu" if array_module(a) is np else "cuda"
 
 
 def normalize_device(device):

@@ -28,7 +28,7 @@ from . import kernels as _kernels
 from . import models, optim
 from . import rng as _rng
 from .autograd import no_grad
-from .backend import normalize_device
+from .backend import keep_freed_memory, normalize_device
 from .data import DataLoader, get_dataset
 from .serialization import save as _save_npz
 
@@ -134,6 +134,7 @@ class Run:
 
     def __init__(self, config, folder=None, progress=True):
         self.config, self.progress = config, progress
+        keep_freed_memory()  # every step frees and reallocates the same arrays: keep them (see backend)
         _kernels.use(config.kernels)
         self.device = normalize_device(config.device)
         _rng.manual_seed(config.seed)
