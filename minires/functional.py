@@ -9,7 +9,8 @@ import numpy as np
 
 from . import autograd
 from .autograd import Function
-from .backend import array_module, for_array
+from .backend import array_module
+from .kernels import for_array
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor
 
