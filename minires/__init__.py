@@ -6,13 +6,29 @@
 
 Only NumPy, Matplotlib and tqdm are needed; Numba, CuPy and PyTorch are
 optional and are looked for when asked for.
+
+The path through the code, one file (or folder) a step:
+
+    tensor.py, autograd.py   Tensor, Function, the backward pass and its hooks
+    ops.py                   the elementwise, reduction and shape ops behind Tensor's operators
+    functional.py            conv2d, batch_norm, relu, pooling, linear, cross_entropy, concat
+    kernels/numpy_ref.py     the readable kernels those ops call: im2col GEMM, batch norm, pooling
+    residual.py              the residual add, its 1 + dF/dx, and the records of what flows back
+    nn/                      Module, Parameter, the layers over functional, initialisation
+    models/                  the blocks (each ends in F.residual_add) and the ResNet family
+    viz/                     summary, plot_model and gradient_flow: looking at models
+
+Beside that path: optim, data, train (the training loop), serialization,
+gradcheck, and the tooling that uses the library but is never used by it
+(course/ for instructors, bench/ for speed, cli.py for the ``minires`` command).
 """
 import numpy as _np
 
 from . import cuda, kernels
-from .autograd import Function, ResidualRecord, enable_grad, is_grad_enabled, no_grad, record_residuals
+from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+from .residual import ResidualRecord, record_residuals
 from . import functional
 from . import nn
 from .gradcheck import GradcheckError, gradcheck

@@ -1,4 +1,4 @@
-"""Reverse-mode automatic differentiation: Function, the backward pass, no_grad.
+"""Reverse-mode automatic differentiation: Function, the backward pass, hooks, no_grad.
 
 Every op is a ``Function`` subclass whose ``forward`` takes arrays and whose
 ``backward`` maps the gradient of the output to gradients of the inputs.
@@ -6,17 +6,23 @@ Every op is a ``Function`` subclass whose ``forward`` takes arrays and whose
 output tensor to the Function that made it. ``backward`` walks that graph
 from the output to the leaves, in reverse topological order, without
 recursion.
+
+Two kinds of hook let other code watch the gradients go by without the
+engine knowing what they are for (as in PyTorch): ``tensor.register_hook(fn)``
+sees the gradient of a tensor, ``tensor.grad_fn.register_hook(fn)`` sees what
+one Function's backward returned. ``minires.residual`` builds its records
+on the second.
+
+The engine knows tensors only by their attributes (``data``,
+``requires_grad``, ``grad_fn``, ``grad``, and the ``_hooks`` and
+``_retains_grad`` that ``Tensor`` keeps for it); the tensors it makes are of
+the class of those it was given, so this module never imports ``tensor``.
 """
 import contextlib
-import functools
 import threading
-
-import numpy as np
 
 from .backend import array_module, device_of
 from .errors import ShapeError
-
-Tensor = None  # set by minires.tensor once the class exists (it imports this module)
 
 _state = threading.local()
 
@@ -63,6 +69,10 @@ class Function:
     keep_after_backward = ()
     # one flag per input of apply(): does that input need a gradient? (set by apply)
     needs_input_grad = ()
+    # the tensors apply() was called with (None once backward has freed the graph)
+    inputs = ()
+    # what register_hook added (a list of this instance's own once there is one)
+    _hooks = ()
 
     def forward(self, *args, **params):
         raise NotImplementedError
@@ -72,8 +82,9 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        """Run the op on tensors (or ``None`` for absent optional inputs)."""
+        """Run the op on tensors (or ``None`` for absent optional inputs); the result is a tensor too."""
         fn = cls()
+        tensor_class = type(next(t for t in inputs if t is not None))
         arrays = [None if t is None else t.data for t in inputs]
         kinds = {type(a) for a in arrays if a is not None}
         if len(kinds) > 1 and len({device_of(a) for a in arrays if a is not None}) > 1:
@@ -83,12 +94,24 @@ class Function:
         out = fn.forward(*arrays, **params)
         needs_grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
         if not needs_grad:
-            return Tensor(out)
+            return tensor_class(out)
         fn.inputs = inputs
         fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
-        result = Tensor(out, requires_grad=True)
+        result = tensor_class(out, requires_grad=True)
         result.grad_fn = fn
         return result
+
+    def register_hook(self, hook):
+        """Call ``hook(grad_inputs, grad_output)`` each time backward runs through this Function.
+
+        ``grad_inputs`` is the tuple ``backward`` returned (one array or None
+        per input of ``apply``), ``grad_output`` the gradient it was given.
+        The hook watches: what it returns is ignored. Returns a handle with ``remove()``.
+        """
+        if "_hooks" not in vars(self):
+            self._hooks = []
+        self._hooks.append(hook)
+        return RemovableHandle(self._hooks, hook)
 
     def release(self):
         """Drop what forward saved and the links to the inputs (the graph is freed)."""
@@ -99,6 +122,17 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+class RemovableHandle:
+    """What ``register_hook`` returns: ``handle.remove()`` unregisters the hook."""
+
+    def __init__(self, hooks, hook):
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self):
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
 
 
 # ---------------------------------------------------------------- the backward pass
@@ -184,6 +218,7 @@ def backward(root, grad=None, retain_graph=False):
     """
     if not root.requires_grad:
         raise RuntimeError("backward: this tensor does not require grad and has no grad_fn")
+    Tensor = type(root)
     if grad is None:
         if root.data.size != 1:
             raise RuntimeError(
@@ -222,8 +257,8 @@ def backward(root, grad=None, retain_graph=False):
         in_grads = fn.backward(g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
-        for tap in fn.__dict__.get("taps", ()):
-            tap(in_grads)
+        for hook in fn._hooks:
+            hook(in_grads, g)
         for inp, gi in zip(fn.inputs, in_grads):
             if inp is None or gi is None or not inp.requires_grad:
                 continue
@@ -231,157 +266,3 @@ def backward(root, grad=None, retain_graph=False):
             _accumulate(grads, inp, gi)
         if not retain_graph:
             fn.release()
-
-
-# ---------------------------------------------------------------- residual records
-
-class ResidualRecord:
-    """What one ``residual_add`` sent back to its block during backward.
-
-    ``grad_residual`` and ``grad_shortcut``: the gradient into F(x) and into
-    S(x), both g = dy * relu'(y). ``via_shortcut`` and ``via_residual``: the
-    two contributions that reach the block input x, through the shortcut
-    (for an identity shortcut exactly g, the "1" of 1 + dF/dx) and through the
-    residual branch (J_F(x)^T g). Their sum is the gradient at x from this block.
-    """
-
-    def __init__(self, name=None):
-        self.name = name
-        self.input_shape = None
-        self.grad_residual = None
-        self.grad_shortcut = None
-        self.via_shortcut = None
-        self.via_residual = None
-
-    @property
-    def input_grad(self):
-        """The gradient at the block input through this block: via_shortcut + via_residual."""
-        parts = [p for p in (self.via_shortcut, self.via_residual) if p is not None]
-        return functools.reduce(np.add, parts) if parts else None
-
-    def _add(self, field, g):
-        current = getattr(self, field)
-        setattr(self, field, g if current is None else current + g)
-
-    def __repr__(self):
-        def norm(a):
-            return "None" if a is None else f"{float(np.linalg.norm(a)):.4g}"
-        return (f"ResidualRecord(name={self.name!r}, |via_shortcut|={norm(self.via_shortcut)}, "
-                f"|via_residual|={norm(self.via_residual)})")
-
-
-class _Tap:
-    """Copies the gradient one Function sends to input ``index`` into a record field."""
-
-    __slots__ = ("index", "record", "field")
-
-    def __init__(self, index, record, field):
-        self.index, self.record, self.field = index, record, field
-
-    def __call__(self, in_grads):
-        g = in_grads[self.index]
-        if g is not None:
-            self.record._add(self.field, g)
-
-
-def _add_tap(fn, index, record, field):
-    fn.__dict__.setdefault("taps", []).append(_Tap(index, record, field))
-
-
-_SHORTCUT_DEPTH = 8  # identity, pad, conv + bn, avgpool + conv + bn: all short chains
-_BRANCH_DEPTH = 64   # enough for any block's residual branch
-
-
-def _shortcut_chain(s):
-    """s, then the tensor each shortcut op was applied to, back up to _SHORTCUT_DEPTH steps."""
-    chain = [s]
-    while len(chain) < _SHORTCUT_DEPTH and chain[-1].grad_fn is not None:
-        inputs = chain[-1].grad_fn.inputs
-        if not inputs or inputs[0] is None:
-            break
-        chain.append(inputs[0])
-    return chain
-
-
-def tap_block_input(add_fn, f, s, record):
-    """Find the block input x of ``f + s`` and tap the gradient it gets from each side.
-
-    x is the first tensor of the shortcut's chain that the residual branch
-    reaches (breadth first, so x is met before anything upstream of it).
-    The edge by which the shortcut consumes x is tapped into ``via_shortcut``
-    (for an identity shortcut that edge is the add itself); every edge by
-    which the branch consumes x is tapped into ``via_residual``.
-    """
-    chain = _shortcut_chain(s)
-    position = {id(t): k for k, t in enumerate(chain)}
-    # breadth-first over the residual branch, stopping at the first chain member
-    frontier, seen, x = [f], {id(f)}, None
-    for _ in range(_BRANCH_DEPTH):
-        nxt = []
-        for t in frontier:
-            if id(t) in position:
-                x = t
-                break
-            if t.grad_fn is not None:
-                for inp in t.grad_fn.inputs:
-                    if inp is not None and inp.requires_grad and id(inp) not in seen:
-                        seen.add(id(inp))
-                        nxt.append(inp)
-        if x is not None or not nxt:
-            break
-        frontier = nxt
-    if x is None:
-        return
-    record.input_shape = x.data.shape
-    k = position[id(x)]
-    if k == 0:
-        _add_tap(add_fn, 1, record, "via_shortcut")  # identity: the add consumes x itself
-    else:
-        consumer = chain[k - 1].grad_fn
-        _add_tap(consumer, 0, record, "via_shortcut")
-    # every branch op that consumes x directly, found by a walk bounded at x
-    frontier, seen = [f], {id(f), id(x)}
-    for _ in range(_BRANCH_DEPTH):
-        nxt = []
-        for t in frontier:
-            if t.grad_fn is None:
-                continue
-            for index, inp in enumerate(t.grad_fn.inputs):
-                if inp is x:
-                    _add_tap(t.grad_fn, index, record, "via_residual")
-                elif inp is not None and inp.requires_grad and id(inp) not in seen:
-                    seen.add(id(inp))
-                    nxt.append(inp)
-        if not nxt:
-            break
-        frontier = nxt
-
-
-class _Recorder(threading.local):
-    def __init__(self):
-        self.stack = []
-
-
-_recorder = _Recorder()
-
-
-@contextlib.contextmanager
-def record_residuals():
-    """Collect the ``ResidualRecord`` of every ``residual_add`` called inside, in call order.
-
-        with minires.record_residuals() as records:
-            loss = criterion(model(x), y)
-            loss.backward()
-        records[0].via_shortcut, records[0].via_residual
-    """
-    records = []
-    _recorder.stack.append(records)
-    try:
-        yield records
-    finally:  # remove this very list (an enclosing one may hold equal contents)
-        _recorder.stack[:] = [r for r in _recorder.stack if r is not records]
-
-
-def _announce(record):
-    for records in _recorder.stack:
-        records.append(record)

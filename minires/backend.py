@@ -12,6 +12,8 @@ import numpy as np
 
 from .kernels import device_of  # noqa: F401  (one definition, in the layer below: "cpu" or "cuda")
 
+FLOATS = (np.float16, np.float32, np.float64)  # the dtypes that can carry a gradient
+
 
 def keep_freed_memory():
     """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.

@@ -1,72 +1,28 @@
-"""The layers' ops: convolution, batch norm, ReLU, pooling, linear, losses and the residual add.
+"""The layers' ops: convolution, batch norm, ReLU, pooling, linear, losses, and the residual add.
 
-Each op is one Function subclass, forward and backward side by side, and a
-function with PyTorch's name and signature that checks its input and applies
-it. The heavy lifting (im2col GEMM, pooling windows, the fused residual-add
-backward) is done by the kernels in ``minires.kernels``, chosen per array.
+Each op is one Function subclass (named ``...Function``, so it never reads
+like the ``nn`` layer of the same name), forward and backward side by side,
+and a function with PyTorch's name and signature that checks its input and
+applies it. The heavy lifting (im2col GEMM, pooling windows) is done by the
+kernels in ``minires.kernels``, chosen per array. The residual add and the
+option-A shortcut live in ``minires.residual``; they are here too, as
+``F.residual_add`` and ``F.pad_channels``, so a block reads ``F.residual_add(out, self.shortcut(x))``.
 """
 import numpy as np
 
-from . import autograd
+from . import ops
 from .autograd import Function
 from .backend import array_module
-from .kernels import for_array
+from .checks import floating as _floating, ndim as _ndim, pair as _pair, windows as _windows
 from .errors import DTypeError, ShapeError
+from .kernels import for_array
+from .residual import pad_channels, residual_add  # noqa: F401  (F.residual_add: the blocks' join)
 from .tensor import Tensor
-
-_FLOATS = (np.float16, np.float32, np.float64)
-
-
-# ---------------------------------------------------------------- input checks
-
-def _pair(value, name, op):
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def _floating(op, **tensors):
-    """Raise unless every given tensor is floating point with one common dtype."""
-    dtypes = {}
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-        if t.dtype.type not in _FLOATS:
-            raise DTypeError(f"expected a floating-point {name}, got dtype {t.dtype} (shape {t.shape}); "
-                             f"convert it with .float()", op=op)
-        dtypes[name] = t.dtype
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
-        raise DTypeError(f"inputs must share one dtype, got {listed}", op=op)
-
-
-def _ndim(op, x, expected, what="input"):
-    if x.ndim not in expected:
-        want = " or ".join(f"{d}-D" for d in expected)
-        raise ShapeError(f"expected a {want} {what}, got shape {x.shape}", op=op)
-
-
-def _windows(op, x, kernel, stride, padding):
-    """The output size of a sliding window, or a clear error when it would be empty."""
-    h, w = x.shape[2:]
-    oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    if min(stride) < 1 or min(kernel) < 1 or min(padding) < 0:
-        raise ValueError(f"{op}: kernel {kernel} and stride {stride} must be positive, "
-                         f"padding {padding} non-negative")
-    if oh < 1 or ow < 1:
-        raise ShapeError(f"a {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
-                         f"the input of shape {x.shape}", op=op)
-    return oh, ow
 
 
 # ---------------------------------------------------------------- convolution
 
-class Conv2d(Function):
+class Conv2dFunction(Function):
     """y = W * x + b (cross-correlation) as one im2col GEMM.
 
     dx = col2im(W^T dy), dW = dy im2col(x)^T, db = sum of dy over (N, H, W).
@@ -110,12 +66,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         raise ShapeError(f"bias of shape {bias.shape} does not match {weight.shape[0]} output channels",
                          op="conv2d")
     _windows("conv2d", x, weight.shape[2:], stride, padding)
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+    return Conv2dFunction.apply(x, weight, bias, stride=stride, padding=padding)
 
 
 # ---------------------------------------------------------------- batch norm
 
-class BatchNorm(Function):
+class BatchNormFunction(Function):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
 
     Training: mean and var are the batch's, so they depend on x and the
@@ -179,7 +135,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     flat = x.ndim == 2
     if flat:
         x = x.reshape(x.shape[0], c, 1, 1)
-    y = BatchNorm.apply(x, weight, bias,
+    y = BatchNormFunction.apply(x, weight, bias,
                         running_mean=None if running_mean is None else running_mean.data,
                         running_var=None if running_var is None else running_var.data,
                         training=training, momentum=momentum, eps=eps)
@@ -188,26 +144,21 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 # ---------------------------------------------------------------- activation
 
-class ReLU(Function):
-    """y = max(x, 0);  dx = dy where x > 0, else 0."""
-
-    def forward(self, x):
-        self.y = array_module(x).maximum(x, 0)
-        return self.y
-
-    def backward(self, grad):
-        return grad * (self.y > 0)
-
-
 def relu(x):
-    """Rectified linear unit, max(x, 0)."""
+    """Rectified linear unit, max(x, 0) (its Function, ``ops.Relu``, sits with the other elementwise ops)."""
     _floating("relu", input=x)
-    return ReLU.apply(x)
+    return ops.Relu.apply(x)
+
+
+def sigmoid(x):
+    """The logistic function 1 / (1 + exp(-x)), elementwise (``ops.Sigmoid``); Highway gates use it."""
+    _floating("sigmoid", input=x)
+    return ops.Sigmoid.apply(x)
 
 
 # ---------------------------------------------------------------- pooling
 
-class MaxPool2d(Function):
+class MaxPool2dFunction(Function):
     """y = the maximum of each window;  dx = dy routed to the pixel that won the window."""
 
     def forward(self, x, kernel, stride, padding):
@@ -221,7 +172,7 @@ class MaxPool2d(Function):
                                                 self.stride, self.padding)
 
 
-class AvgPool2d(Function):
+class AvgPool2dFunction(Function):
     """y = the mean of each window (padding counts as zeros);  dx = dy spread evenly over it."""
 
     def forward(self, x, kernel, stride, padding):
@@ -248,16 +199,16 @@ def _pool_args(op, x, kernel_size, stride, padding):
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max pooling over kh x kw windows (stride defaults to the kernel size); padding is -inf."""
     kernel, stride, padding = _pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding)
+    return MaxPool2dFunction.apply(x, kernel=kernel, stride=stride, padding=padding)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Average pooling over kh x kw windows; padded zeros count (count_include_pad=True)."""
     kernel, stride, padding = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
-    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=padding)
+    return AvgPool2dFunction.apply(x, kernel=kernel, stride=stride, padding=padding)
 
 
-class AdaptiveAvgPool2d(Function):
+class AdaptiveAvgPool2dFunction(Function):
     """y[i, j] = the mean of input cell rows [floor(iH/oh), ceil((i+1)H/oh)) x the same for columns.
 
     dx = each output gradient spread evenly over its cell. With output size 1
@@ -294,12 +245,12 @@ def adaptive_avg_pool2d(x, output_size):
     size = _pair(output_size, "output_size", "adaptive_avg_pool2d")
     if min(size) < 1:
         raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}")
-    return AdaptiveAvgPool2d.apply(x, output_size=size)
+    return AdaptiveAvgPool2dFunction.apply(x, output_size=size)
 
 
 # ---------------------------------------------------------------- linear, flatten, concat
 
-class Linear(Function):
+class LinearFunction(Function):
     """y = x W^T + b;  dx = dy W, dW = dy^T x, db = sum of dy over the batch."""
 
     def forward(self, x, weight, bias):
@@ -330,7 +281,7 @@ def linear(x, weight, bias=None):
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ShapeError(f"bias of shape {bias.shape} does not match {weight.shape[0]} output features",
                          op="linear")
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)
 
 
 def flatten(x, start_dim=1):
@@ -338,7 +289,7 @@ def flatten(x, start_dim=1):
     return x.reshape(x.shape[:start_dim] + (-1,))
 
 
-class Concat(Function):
+class ConcatFunction(Function):
     """y = [x1, x2, ...] joined along an axis;  dx_i = the slice of dy that x_i became."""
 
     def forward(self, *arrays, axis):
@@ -367,7 +318,7 @@ def concat(tensors, dim=1):
         if t.ndim != len(first) or t.shape[:dim] + t.shape[dim + 1:] != first[:dim] + first[dim + 1:]:
             shapes = ", ".join(str(u.shape) for u in tensors)
             raise ShapeError(f"all shapes must agree except along dim {dim}, got {shapes}", op="concat")
-    return Concat.apply(*tensors, axis=dim)
+    return ConcatFunction.apply(*tensors, axis=dim)
 
 
 cat = concat
@@ -375,7 +326,7 @@ cat = concat
 
 # ---------------------------------------------------------------- softmax and the loss
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     """y = x - logsumexp(x);  dx = dy - softmax(x) * sum(dy)."""
 
     def forward(self, x, axis):
@@ -393,7 +344,7 @@ class LogSoftmax(Function):
 def log_softmax(x, dim=-1):
     """log(softmax(x)) along ``dim``, computed without overflow."""
     _floating("log_softmax", input=x)
-    return LogSoftmax.apply(x, axis=dim % x.ndim)
+    return LogSoftmaxFunction.apply(x, axis=dim % x.ndim)
 
 
 def softmax(x, dim=-1):
@@ -401,7 +352,7 @@ def softmax(x, dim=-1):
     return log_softmax(x, dim).exp()
 
 
-class CrossEntropy(Function):
+class CrossEntropyFunction(Function):
     """loss = mean_i(logsumexp(z_i) - z_i[t_i]);  dz_i = (softmax(z_i) - onehot(t_i)) / N."""
 
     def forward(self, logits, target, reduction):
@@ -442,88 +393,4 @@ def cross_entropy(logits, target, reduction="mean"):
     if target.size and (int(target.data.min()) < 0 or int(target.data.max()) >= logits.shape[1]):
         raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
                          f"min {int(target.data.min())} and max {int(target.data.max())}")
-    return CrossEntropy.apply(logits, target, reduction=reduction)
-
-
-# ---------------------------------------------------------------- the residual add
-
-class ResidualAdd(Function):
-    """y = relu(f + s) with f = F(x) the residual branch and s = S(x) the shortcut.
-
-    df = ds = g = dy * (y > 0). For an identity shortcut the block input
-    receives g through s (the "1" of 1 + dF/dx) plus J_F(x)^T g through the
-    branch; ``self.record`` keeps both (see ``autograd.ResidualRecord``).
-    """
-
-    keep_after_backward = ("record",)
-
-    def forward(self, f, s, relu):
-        self.kernels, self.relu = for_array(f), relu
-        self.y = self.kernels.residual_add_forward(f, s, relu)
-        return self.y
-
-    def backward(self, grad):
-        return self.kernels.residual_add_backward(grad, self.y, self.relu)
-
-
-def residual_add(f, s, relu=True, name=None):
-    """``relu(f + s)`` (or ``f + s``) that records the gradient through each side of the block.
-
-    The record is ``y.grad_fn.record``; ``minires.record_residuals()``
-    collects the records of every residual add in a forward pass.
-    """
-    _floating("residual_add", residual=f, shortcut=s)
-    if f.shape != s.shape:
-        raise ShapeError(f"the residual branch gives shape {f.shape} but the shortcut gives {s.shape}; "
-                         "where the shape changes use a projection (option B) or pad_channels "
-                         "(option A)", op="residual_add")
-    y = ResidualAdd.apply(f, s, relu=relu)
-    if y.grad_fn is not None:
-        record = autograd.ResidualRecord(name)
-        y.grad_fn.record = record
-        autograd._add_tap(y.grad_fn, 0, record, "grad_residual")
-        autograd._add_tap(y.grad_fn, 1, record, "grad_shortcut")
-        autograd.tap_block_input(y.grad_fn, f, s, record)
-        autograd._announce(record)
-    return y
-
-
-class PadChannels(Function):
-    """y = x subsampled by the stride, then zero channels appended up to out_channels.
-
-    The parameter-free option-A shortcut. dx = dy's first C channels, put back
-    at the subsampled positions (zero elsewhere).
-    """
-
-    def forward(self, x, out_channels, stride):
-        xp = array_module(x)
-        self.shape, self.stride = x.shape, stride
-        # BEGIN EXERCISE residual.pad_forward
-        # HINT: keep every stride-th row and column of x, then append zero channels up to out_channels
-        # HINT: (xp is numpy or cupy: use xp.zeros so the same code runs on a GPU).
-        sub = x[:, :, ::stride, ::stride]
-        y = xp.zeros((x.shape[0], out_channels) + sub.shape[2:], dtype=x.dtype)
-        y[:, :x.shape[1]] = sub
-        return y
-        # END EXERCISE
-
-    def backward(self, grad):
-        xp = array_module(grad)
-        # BEGIN EXERCISE residual.pad_backward
-        # HINT: return dx of shape self.shape: which elements of x reached the output, and where?
-        dx = xp.zeros(self.shape, dtype=grad.dtype)
-        dx[:, :, ::self.stride, ::self.stride] = grad[:, :self.shape[1]]
-        return dx
-        # END EXERCISE
-
-
-def pad_channels(x, out_channels, stride=1):
-    """The option-A shortcut: keep every ``stride``-th pixel and zero-pad the channels."""
-    _floating("pad_channels", input=x)
-    _ndim("pad_channels", x, (4,))
-    if out_channels < x.shape[1]:
-        raise ShapeError(f"cannot pad {x.shape[1]} channels down to {out_channels} (input shape {x.shape})",
-                         op="pad_channels")
-    if stride < 1:
-        raise ValueError(f"pad_channels: stride must be positive, got {stride}")
-    return PadChannels.apply(x, out_channels=int(out_channels), stride=int(stride))
+    return CrossEntropyFunction.apply(logits, target, reduction=reduction)

@@ -168,6 +168,29 @@ class Sqrt(Function):
         return grad / (2 * self.y)
 
 
+class Relu(Function):
+    """y = max(x, 0);  dx = dy where x > 0, else 0."""
+
+    def forward(self, x):
+        self.y = array_module(x).maximum(x, 0)
+        return self.y
+
+    def backward(self, grad):
+        return grad * (self.y > 0)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
+
+    def forward(self, x):
+        xp = array_module(x)
+        self.y = xp.exp(-xp.logaddexp(0, -x)).astype(x.dtype, copy=False)  # no overflow for large |x|
+        return self.y
+
+    def backward(self, grad):
+        return grad * self.y * (1 - self.y)
+
+
 # ---------------------------------------------------------------- reductions
 
 def _normalize_axis(axis, ndim):

@@ -7,10 +7,9 @@ float32 stays float32 end to end and float64 is there for gradient checks.
 import numpy as np
 
 from . import autograd, ops, rng as _rng
+from .backend import FLOATS as _FLOATS
 from .backend import array_module, device_of, normalize_device, to_numpy
 from .errors import DTypeError
-
-_FLOATS = (np.float16, np.float32, np.float64)
 
 
 def _is_array(data):
@@ -34,16 +33,6 @@ def _as_array(data, dtype=None):
     if arr.dtype == object:
         raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} {data!r:.80}")
     return arr
-
-
-class _HookHandle:
-    def __init__(self, hooks, fn):
-        self.hooks, self.fn = hooks, fn
-
-    def remove(self):
-        """Unregister the hook."""
-        if self.fn in self.hooks:
-            self.hooks.remove(self.fn)
 
 
 class Tensor:
@@ -91,7 +80,7 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("register_hook: this tensor does not require grad")
         self._hooks.append(fn)
-        return _HookHandle(self._hooks, fn)
+        return autograd.RemovableHandle(self._hooks, fn)
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after backward."""
@@ -328,6 +317,12 @@ class Tensor:
     def sqrt(self):
         return ops.Sqrt.apply(self._floating("sqrt"))
 
+    def relu(self):
+        return ops.Relu.apply(self._floating("relu"))
+
+    def sigmoid(self):
+        return ops.Sigmoid.apply(self._floating("sigmoid"))
+
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
@@ -358,8 +353,6 @@ class Tensor:
     def T(self):
         return self.transpose()
 
-
-autograd.Tensor = Tensor
 
 
 # ---------------------------------------------------------------- constructors

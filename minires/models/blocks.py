@@ -1,8 +1,10 @@
 """Residual blocks and their shortcuts, as in He et al. 2015 and 2016.
 
-Every block ends in ``F.residual_add``, so the engine records, for every
-block of every model, the gradient that reaches the block input through the
-shortcut and through the residual branch.
+Every block's forward ends in ``F.residual_add(out, self.shortcut(x))``:
+y = relu(F(x) + S(x)), whose backward hands the block input the "1" of
+1 + dF/dx (see ``minires.residual``). The plain twin of a block
+(``residual=False``) has the same layers and no shortcut: ``shortcut``
+returns None and the add is y = relu(F(x)).
 
 Shortcut options (He et al. 2015, section 4.1):
   "A"  identity; where the shape changes, subsample and zero-pad channels (no parameters)
@@ -54,24 +56,16 @@ def make_shortcut(option, in_planes, out_planes, stride, norm=True):
 
 
 class ResidualBlock(nn.Module):
-    """What every block shares: the shortcut, the residual add and its record's name."""
+    """What the blocks below share: their shortcut S(x) and a zero start for the residual branch."""
 
     expansion = 1
     residual = True
 
     def shortcut(self, x):
-        return x if self.downsample is None else self.downsample(x)
-
-    def join(self, out, x, relu=True):
-        """relu(F(x) + S(x)) through the recording residual add (or relu(F(x)) for a plain block)."""
+        """S(x): the identity, or ``downsample(x)`` where the shape changes; None in the plain twin."""
         if not self.residual:
-            return F.relu(out) if relu else out
-        return F.residual_add(out, self.shortcut(x), relu=relu, name=self.record_name)
-
-    @property
-    def record_name(self):
-        """The name this block's ResidualRecord carries: its path in the model once named."""
-        return self.__dict__.get("qualified_name") or self._name
+            return None
+        return x if self.downsample is None else self.downsample(x)
 
     def zero_init_last_bn(self):
         """Start the residual branch at zero, so the block starts as its shortcut (torchvision)."""
@@ -99,11 +93,11 @@ class BasicBlock(ResidualBlock):
 
     def forward(self, x):
         # BEGIN EXERCISE residual.basic_block
-        # HINT: the residual branch F(x) from the layers made in __init__, then self.join(F(x), x), which adds
-        # HINT: the shortcut through F.residual_add (and applies the ReLU after the add).
+        # HINT: the residual branch F(x) from the layers made in __init__, then F.residual_add(F(x),
+        # HINT: self.shortcut(x)), which adds the shortcut and applies the ReLU after the add.
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.join(out, x)
+        return F.residual_add(out, self.shortcut(x))
         # END EXERCISE
 
     def zero_init_last_bn(self):
@@ -137,11 +131,11 @@ class Bottleneck(ResidualBlock):
     def forward(self, x):
         # BEGIN EXERCISE residual.bottleneck
         # HINT: 1x1 reduce, 3x3, 1x1 expand, each followed by its batch norm, ReLU between them; then
-        # HINT: self.join(F(x), x) as in BasicBlock.
+        # HINT: F.residual_add(F(x), self.shortcut(x)) as in BasicBlock.
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.join(out, x)
+        return F.residual_add(out, self.shortcut(x))
         # END EXERCISE
 
     def zero_init_last_bn(self):
@@ -170,11 +164,17 @@ class PreActBlock(ResidualBlock):
                            if residual else None)
         self.stride = stride
 
+    def shortcut(self, x, pre):
+        """S: the identity takes x itself, a projection the pre-activated input relu(bn1(x))."""
+        if not self.residual:
+            return None
+        return x if self.downsample is None else self.downsample(pre)
+
     def forward(self, x):
         pre = self.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
-        return self.join(out, x if self.downsample is None else pre, relu=False)
+        return F.residual_add(out, self.shortcut(x, pre), relu=False)  # nothing after the add
 
     def zero_init_last_bn(self):
         nn.init.zeros_(self.conv2.weight)  # no BN ends the branch: start its last conv at zero
@@ -199,20 +199,14 @@ class PreActBottleneck(ResidualBlock):
                            if residual else None)
         self.stride = stride
 
+    shortcut = PreActBlock.shortcut
+
     def forward(self, x):
         pre = self.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
-        return self.join(out, x if self.downsample is None else pre, relu=False)
+        return F.residual_add(out, self.shortcut(x, pre), relu=False)
 
     def zero_init_last_bn(self):
         nn.init.zeros_(self.conv3.weight)
-
-
-def name_blocks(model):
-    """Give every residual block its path in ``model`` ("layer2.0"), the name its records carry."""
-    for name, module in model.named_modules():
-        if isinstance(module, ResidualBlock):
-            module.qualified_name = name
-    return model

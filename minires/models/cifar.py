@@ -14,7 +14,7 @@ quick experiments and tests.)
 """
 from .. import functional as F
 from .. import nn
-from .blocks import BasicBlock, PreActBlock, PreActBottleneck, name_blocks
+from .blocks import BasicBlock, PreActBlock, PreActBottleneck
 
 
 class CifarResNet(nn.Module):
@@ -36,7 +36,6 @@ class CifarResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, block):
                     m.zero_init_last_bn()
-        name_blocks(self)
 
     def _make_layer(self, block, planes, n, stride, shortcut, residual):
         stage = []
@@ -81,7 +80,6 @@ class PreActCifarResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, block):
                     m.zero_init_last_bn()
-        name_blocks(self)
 
     def forward(self, x):
         x = self.conv1(x)

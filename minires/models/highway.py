@@ -13,36 +13,21 @@ negative ``gate_bias`` starts the block mostly carrying its input.
 block's relation to its relatives exact:
 
     hold_gate(1.0, carry=1.0)   both paths fully open: relu(F(x) + S(x)), the residual
-                                block (BasicBlock, option A), through the recorded residual add
+                                block (BasicBlock, option A)
     hold_gate(1.0)              exclusive gating with T = 1: relu(F(x)), the plain block
     hold_gate(0.0)              exclusive gating with T = 0: relu(S(x)), the branch is switched off
     release_gate()              back to the learned T(x) and C = 1 - T(x)
 
 Note that exclusive gating alone never gives the residual block: T = C = 1
 is outside it, which is He et al.'s point about gated shortcuts.
+
+The block still ends in ``F.residual_add``, of the gated branch T * F(x) and
+the gated shortcut C * S(x), so its record shows what the gate does to the
+"1": the block input receives C * g through the shortcut, not g.
 """
 from .. import functional as F
 from .. import nn
-from ..autograd import Function
-from ..backend import array_module
-from .blocks import ResidualBlock, conv3x3, make_shortcut, name_blocks
-
-
-class Sigmoid(Function):
-    """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
-
-    def forward(self, x):
-        xp = array_module(x)
-        self.y = xp.exp(-xp.logaddexp(0, -x)).astype(x.dtype, copy=False)  # no overflow for large |x|
-        return self.y
-
-    def backward(self, grad):
-        return grad * self.y * (1 - self.y)
-
-
-def sigmoid(x):
-    """The logistic function, elementwise."""
-    return Sigmoid.apply(x)
+from .blocks import ResidualBlock, conv3x3, make_shortcut
 
 
 class HighwayBlock(ResidualBlock):
@@ -70,8 +55,12 @@ class HighwayBlock(ResidualBlock):
 
     @property
     def residual(self):
-        """True while both paths are held open: only then is the join a recorded residual add."""
+        """True while both paths are held open: the block then computes exactly the residual block."""
         return self.held == (1.0, 1.0)
+
+    def shortcut(self, x):
+        """S(x): the option-A shortcut (identity, or subsample and zero-pad), whatever the gate."""
+        return x if self.downsample is None else self.downsample(x)
 
     def hold_gate(self, value, carry=None):
         """Fix T to ``value`` and C to ``carry`` (default ``1 - value``, exclusive gating)."""
@@ -87,17 +76,15 @@ class HighwayBlock(ResidualBlock):
 
     def transform_gate(self, x):
         """T(x) = sigmoid(W_g x + b_g), shaped like the block's output."""
-        return sigmoid(self.gate(x))
+        return F.sigmoid(self.gate(x))
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        if self.residual:
-            return self.join(out, x)  # relu(F(x) + S(x)), with its ResidualRecord
         if self.held is None:
             t = self.transform_gate(x)
-            return F.relu(t * out + (1.0 - t) * self.shortcut(x))
+            return F.residual_add(out * t, self.shortcut(x) * (1.0 - t))
         t, c = self.held
-        return F.relu(out * t + self.shortcut(x) * c)
+        return F.residual_add(out * t, self.shortcut(x) * c)
 
     def zero_init_last_bn(self):
         nn.init.zeros_(self.bn2.weight)
@@ -129,7 +116,6 @@ class HighwayNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        name_blocks(self)
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))

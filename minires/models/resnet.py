@@ -13,7 +13,7 @@ The state dict's keys and shapes are torchvision's, so its checkpoints
 """
 from .. import functional as F
 from .. import nn
-from .blocks import BasicBlock, Bottleneck, name_blocks
+from .blocks import BasicBlock, Bottleneck
 
 
 class ResNet(nn.Module):
@@ -39,7 +39,6 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     m.zero_init_last_bn()
-        name_blocks(self)
 
     def _make_layer(self, block, planes, blocks, stride):
         stage = [block(self.in_planes, planes, stride, shortcut=self.shortcut_option, **self.block_kwargs)]

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from .. import functional as F
-from ..autograd import record_residuals
+from ..residual import record_residuals
 from ..backend import to_numpy
 from ..models.blocks import ResidualBlock
 from ..nn import BatchNorm2d, Conv2d, Linear

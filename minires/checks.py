@@ -1,0 +1,58 @@
+"""The input checks the ops share: each one names the op and the shapes it was given.
+
+``functional`` and ``residual`` call them before building a Function, so a
+mistake is reported where the user made it (``conv2d: expected 3 input
+channels, got 1 (input shape ...)``), and a layer labels the error with its
+own name on the way out (see ``errors``).
+"""
+from .backend import FLOATS
+from .kernels._index import conv_output_size
+from .errors import DTypeError, ShapeError
+from .tensor import Tensor
+
+
+def pair(value, name="size", op=None):
+    """``value`` as a pair of ints: 3 -> (3, 3), (3, 1) -> (3, 1)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            where = f"{op}: " if op else ""
+            raise ValueError(f"{where}{name} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def floating(op, **tensors):
+    """Raise unless every given tensor (None: absent) is floating point, all of one dtype."""
+    dtypes = {}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dtype.type not in FLOATS:
+            raise DTypeError(f"expected a floating-point {name}, got dtype {t.dtype} (shape {t.shape}); "
+                             f"convert it with .float()", op=op)
+        dtypes[name] = t.dtype
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise DTypeError(f"inputs must share one dtype, got {listed}", op=op)
+
+
+def ndim(op, x, expected, what="input"):
+    """Raise unless ``x`` has one of the ``expected`` numbers of axes."""
+    if x.ndim not in expected:
+        want = " or ".join(f"{d}-D" for d in expected)
+        raise ShapeError(f"expected a {want} {what}, got shape {x.shape}", op=op)
+
+
+def windows(op, x, kernel, stride, padding):
+    """The output size (oh, ow) of a sliding window over x (N, C, H, W), or a clear error when it is empty."""
+    oh = conv_output_size(x.shape[2], kernel[0], stride[0], padding[0])
+    ow = conv_output_size(x.shape[3], kernel[1], stride[1], padding[1])
+    if min(stride) < 1 or min(kernel) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: kernel {kernel} and stride {stride} must be positive, "
+                         f"padding {padding} non-negative")
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"a {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
+                         f"the input of shape {x.shape}", op=op)
+    return oh, ow
