@@ -262,6 +262,42 @@ def test_hook_with_wrong_shape_is_rejected():
         (x * 2).sum().backward()
 
 
+def test_function_hook_sees_what_backward_returned_and_the_gradient_it_was_given():
+    a = Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    b = Tensor(np.array([4.0, 5.0, -6.0]), requires_grad=True)
+    y = a * b
+    seen = []
+    y.grad_fn.register_hook(lambda grad_inputs, grad_output: seen.append((grad_inputs, grad_output.copy())))
+    G = np.array([0.5, -1.0, 2.0])
+    y.backward(G)
+    (da, db), g = seen[0]
+    np.testing.assert_array_equal(g, G)
+    np.testing.assert_array_equal(da, G * b.numpy())
+    np.testing.assert_array_equal(db, G * a.numpy())
+    np.testing.assert_array_equal(a.grad.numpy(), da)  # watching changes nothing
+
+
+def test_function_hook_return_value_is_ignored_and_handle_removes_it():
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = a * 3.0
+    calls = []
+    handle = y.grad_fn.register_hook(lambda gi, go: calls.append(1) or (gi[0] * 100, None))
+    y.backward(np.ones(2), retain_graph=True)
+    np.testing.assert_array_equal(a.grad.numpy(), [3.0, 3.0])
+    handle.remove()
+    y.backward(np.ones(2))
+    assert calls == [1]
+    np.testing.assert_array_equal(a.grad.numpy(), [6.0, 6.0])
+
+
+def test_function_hooks_are_dropped_with_the_graph():
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = a * 2.0
+    y.grad_fn.register_hook(lambda gi, go: None)
+    y.backward(np.ones(2))
+    assert y.grad_fn._hooks == () and y.grad_fn.inputs is None
+
+
 def test_register_hook_needs_requires_grad():
     with pytest.raises(RuntimeError, match="require"):
         Tensor(np.ones(2)).register_hook(lambda g: g)

@@ -189,11 +189,71 @@ def test_records_keep_grad_residual_and_grad_shortcut_after_the_graph_is_freed(r
     assert np.array_equal(rec.grad_residual, G)  # the failed call changed nothing
 
 
-def test_no_record_is_made_without_grad(rng):
+def test_without_grad_the_record_is_made_but_holds_no_gradient(rng):
+    """A forward pass under no_grad still finds the blocks (summary and plot_model rely on it)."""
     with minires.record_residuals() as records:
         with minires.no_grad():
             y = F.residual_add(Tensor(rng.standard_normal(3), requires_grad=True), Tensor(rng.standard_normal(3)))
-    assert y.grad_fn is None and records == []
+    assert y.grad_fn is None and len(records) == 1
+    rec = records[0]
+    assert rec.has_shortcut
+    assert all(getattr(rec, f) is None for f in ("grad_residual", "grad_shortcut", "via_shortcut", "via_residual"))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_without_a_shortcut_the_add_is_the_plain_block(relu, rng):
+    """residual_add(f, None): y = relu(f) (or f), recorded with nothing through a shortcut."""
+    x_np = rng.standard_normal((2, 3, 4, 4))
+    x = Tensor(x_np.copy(), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 3, 3, 3)) * 0.3, requires_grad=True)
+    with minires.record_residuals() as records:
+        f = F.conv2d(x, w, padding=1)
+        y = F.residual_add(f, None, relu=relu)
+    expected = np.maximum(f.numpy(), 0) if relu else f.numpy()
+    assert np.array_equal(y.numpy(), expected)
+    G = rng.standard_normal(y.shape)
+    y.backward(G)
+    x_ref = leaf_copy(x)
+    out = F.conv2d(x_ref, w, padding=1)
+    (F.relu(out) if relu else out).backward(G)
+    np.testing.assert_array_equal(x.grad.numpy(), x_ref.grad.numpy())
+    assert len(records) == 1 and not records[0].has_shortcut
+    assert records[0].via_shortcut is None and records[0].input_grad is None
+
+
+class _KerasStyleBlock(minires.nn.Module):
+    """A block written as a new user would port it: its own names, no minires.models base class."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = minires.nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.n1 = minires.nn.BatchNorm2d(cout)
+        self.c2 = minires.nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.n2 = minires.nn.BatchNorm2d(cout)
+        self.proj = (None if stride == 1 and cin == cout
+                     else minires.nn.Sequential(minires.nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                                minires.nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
+        return F.residual_add(out, x if self.proj is None else self.proj(x))
+
+
+def test_record_residuals_of_a_model_names_each_record_by_its_block(rng):
+    model = minires.nn.Sequential(minires.nn.Conv2d(1, 4, 3, padding=1),
+                                  minires.nn.Sequential(_KerasStyleBlock(4, 4, 1), _KerasStyleBlock(4, 8, 2)))
+    x = Tensor(rng.standard_normal((2, 1, 6, 6)).astype(np.float32))
+    with minires.record_residuals(model) as records:
+        out = model(x)
+        (out * Tensor(rng.standard_normal(out.shape).astype(np.float32))).sum().backward()
+    assert [r.name for r in records] == ["1.0", "1.1"]
+    assert [r.identity for r in records] == [True, False]
+    assert [r.shortcut_module for r in records] == [None, "1.1.proj"]
+    assert [r.input_shape for r in records] == [(2, 4, 6, 6), (2, 4, 6, 6)]
+    assert all(r.via_shortcut is not None and r.via_residual is not None for r in records)
+    with minires.record_residuals() as unnamed:  # without the model: named only by residual_add's name=
+        model(x)
+    assert [r.name for r in unnamed] == [None, None]
 
 
 def test_via_residual_sums_every_edge_by_which_the_branch_consumes_x(rng):

@@ -175,7 +175,7 @@ def test_conv2d_backward_weight_matches_pytorch(monkeypatch):
 def _conv_function(needs, bias=True):
     x, weight = normal(SHAPE, seed=13, dtype=np.float64), normal((4, SHAPE[1], 3, 3), seed=14, dtype=np.float64)
     b = normal((4,), seed=15, dtype=np.float64) if bias else None
-    fn = F.Conv2d()
+    fn = F.Conv2dFunction()
     fn.needs_input_grad = needs
     y = fn.forward(x, weight, b, (2, 2), (1, 1))
     return fn, x, weight, b, normal(y.shape, seed=16, dtype=np.float64)
@@ -187,12 +187,12 @@ def test_conv_layer_backward_gives_all_three_gradients(monkeypatch):
     fn, x, weight, b, r = _conv_function((True, True, True))
     grads = fn.backward(r)
     if not isinstance(grads, tuple) or len(grads) != 3:
-        pytest.fail("Conv2d.backward must return a triple (dx, dw, db)", pytrace=False)
+        pytest.fail("Conv2dFunction.backward must return a triple (dx, dw, db)", pytrace=False)
     dx, dw, db = grads
-    check_array(dx, conv2d_input_grad_loop(r, weight, SHAPE, (2, 2), (1, 1)), "Conv2d.backward's dx")
-    check_array(dw, conv2d_weight_grad_loop(r, x, weight.shape, (2, 2), (1, 1)), "Conv2d.backward's dw")
+    check_array(dx, conv2d_input_grad_loop(r, weight, SHAPE, (2, 2), (1, 1)), "Conv2dFunction.backward's dx")
+    check_array(dw, conv2d_weight_grad_loop(r, x, weight.shape, (2, 2), (1, 1)), "Conv2dFunction.backward's dw")
     loss = lambda: float(np.sum((conv2d_loop(x, weight, (2, 2), (1, 1)) + b[None, :, None, None]) * r))  # noqa
-    check_array(db, numerical_gradient(loss, b), "Conv2d.backward's db (the bias gradient)", rtol=1e-6, atol=1e-6)
+    check_array(db, numerical_gradient(loss, b), "Conv2dFunction.backward's db (the bias gradient)", rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.exercise("conv.layer_backward")
@@ -206,10 +206,10 @@ def test_conv_layer_backward_computes_only_what_is_needed(monkeypatch, needs, bi
     names = ("dx", "dw", "db")
     for name, need, g in zip(names, needs, (dx, dw, db)):
         if not need and g is not None:
-            pytest.fail(f"Conv2d.backward returned {name} although needs_input_grad={needs} "
+            pytest.fail(f"Conv2dFunction.backward returned {name} although needs_input_grad={needs} "
                         f"(bias {'given' if bias else 'absent'}): return None there", pytrace=False)
         if need and g is None:
-            pytest.fail(f"Conv2d.backward returned None for {name} although needs_input_grad={needs}", pytrace=False)
+            pytest.fail(f"Conv2dFunction.backward returned None for {name} although needs_input_grad={needs}", pytrace=False)
     wasted = [c for c, need in (("conv2d_backward_input", needs[0]), ("conv2d_backward_weight", needs[1]))
               if not need and c in kernels.calls]
-    assert not wasted, f"Conv2d.backward called {wasted} although needs_input_grad={needs}: skip unneeded work"
+    assert not wasted, f"Conv2dFunction.backward called {wasted} although needs_input_grad={needs}: skip unneeded work"
