@@ -5,13 +5,10 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import functional as F
+from ..checks import pair
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 class Identity(Module):
@@ -27,7 +24,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
+        self.stride, self.padding = pair(stride, "stride", "Conv2d"), pair(padding, "padding", "Conv2d")
         self.weight = Parameter(np.empty((out_channels, in_channels) + self.kernel_size, dtype=np.float32))
         init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         if bias:
