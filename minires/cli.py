@@ -139,7 +139,7 @@ def build_parser():
 
     from .bench import add_bench_parser
     add_bench_parser(sub)
-    from .exercises import add_exercises_parser
+    from .course.cli import add_exercises_parser
     add_exercises_parser(sub)
     return parser
 

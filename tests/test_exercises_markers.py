@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from minires import exercises as ex
-from minires.exercises import MarkerError, parse_blocks, transform_source
+from minires import course
+from minires.course import MarkerError, parse_blocks, transform_source, tree
+from minires.course.manifest import MANIFEST
+from minires.course.student import strip_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = {"demo.whole": "demo", "demo.tail": "demo", "demo.other": "demo"}
@@ -162,14 +164,14 @@ def test_an_id_marked_twice_names_both_places(tmp_path):
         '''))
     with pytest.raises(MarkerError, match=r"minires/b.py:2: exercise conv.im2col is marked twice \(first at "
                                           r"minires/a.py:2\)"):
-        ex.scan(tmp_path, ["minires/a.py", "minires/b.py"])
+        course.scan(tmp_path, ["minires/a.py", "minires/b.py"])
 
 
 def test_an_unregistered_id_is_refused(tmp_path):
     (tmp_path / "minires").mkdir()
     (tmp_path / "minires" / "a.py").write_text(WHOLE)
     with pytest.raises(MarkerError, match=r"minires/a.py:3: exercise demo.whole is not registered"):
-        ex.scan(tmp_path, ["minires/a.py"])
+        course.scan(tmp_path, ["minires/a.py"])
 
 
 # ---------------------------------------------------------------- the student version
@@ -256,7 +258,7 @@ def test_strip_notebook_removes_outputs_and_counts():
                      "source": "print('secret')"},
                     {"cell_type": "markdown", "metadata": {}, "source": "hi"}],
           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    out = json.loads(ex.strip_notebook(json.dumps(nb)))
+    out = json.loads(strip_notebook(json.dumps(nb)))
     code = out["cells"][0]
     assert code["outputs"] == [] and code["execution_count"] is None and code["metadata"] == {"tags": ["a"]}
     assert out["cells"][1] == nb["cells"][1]
@@ -265,14 +267,14 @@ def test_strip_notebook_removes_outputs_and_counts():
 # ---------------------------------------------------------------- the registry against the tree
 
 def test_every_registered_exercise_has_its_block_in_the_reference():
-    if ex.handed_out():
+    if course.handed_out():
         pytest.skip("a student copy: its handed-out blocks are cut")
-    found = ex.scan(ROOT)
-    assert sorted(found) == sorted(e.id for e in ex.EXERCISES.values() if e.block)
+    found = course.scan(ROOT)
+    assert sorted(found) == sorted(e.id for e in course.EXERCISES.values() if e.block)
 
 
 def test_every_exercise_has_tests_and_a_handout():
-    for a in ex.ASSIGNMENTS:
+    for a in course.ASSIGNMENTS:
         tests = (ROOT / a.tests).read_text()
         assert f"pytestmark = pytest.mark.{a.marker}" in tests, f"{a.tests} must mark its tests with {a.marker}"
         handout = (ROOT / a.handout).read_text()
@@ -287,38 +289,38 @@ def test_every_exercise_has_tests_and_a_handout():
 
 def test_the_markers_are_registered_in_pyproject():
     text = (ROOT / "pyproject.toml").read_text()
-    for name in ["exercise"] + [a.marker for a in ex.ASSIGNMENTS]:
+    for name in ["exercise"] + [a.marker for a in course.ASSIGNMENTS]:
         assert re.search(rf'^\s*"{name}[(:]', text, re.M), f"marker {name} is not registered in pyproject.toml"
 
 
 def test_the_reference_is_not_a_student_copy():
-    assert not (ROOT / ex.MANIFEST).exists() or ex.handed_out()
-    if not ex.handed_out():
-        assert ex.student_copy() is None and not ex.is_removed("kernels/numba_cpu.py")
+    assert not (ROOT / MANIFEST).exists() or course.handed_out()
+    if not course.handed_out():
+        assert course.student_copy() is None and not course.is_removed("kernels/numba_cpu.py")
 
 
 def test_default_source_is_this_checkout():
-    if ex.handed_out():
+    if course.handed_out():
         pytest.skip("a student copy")
-    assert ex.default_source() == ROOT
+    assert tree.default_source() == ROOT
 
 
 def test_an_installed_package_is_not_a_source(monkeypatch, tmp_path):
-    fake = tmp_path / "site-packages" / "minires" / "exercises.py"
+    fake = tmp_path / "site-packages" / "minires" / "course" / "tree.py"
     fake.parent.mkdir(parents=True)
-    monkeypatch.setattr(ex, "__file__", str(fake))
+    monkeypatch.setattr(tree, "__file__", str(fake))
     with pytest.raises(RuntimeError, match=r"not in a source checkout .*pass --source"):
-        ex.default_source()
+        tree.default_source()
     with pytest.raises(RuntimeError, match="not a minires source checkout"):
-        ex.make_student(tmp_path / "out", source=tmp_path, log=lambda *a: None)
+        course.make_student(tmp_path / "out", source=tmp_path, log=lambda *a: None)
 
 
 def test_unknown_assignment_and_exercise_are_named():
     with pytest.raises(ValueError, match=r"no assignment '9'; choose one of 1 \(autograd\)"):
-        ex.select(["9"])
+        course.select(["9"])
     with pytest.raises(ValueError, match="no exercise 'conv.nothing'"):
-        ex.select(exercises=["conv.nothing"])
-    assert ex.select(["conv"]) == [e.id for e in ex.get_assignment(2).exercises]
+        course.select(exercises=["conv.nothing"])
+    assert course.select(["conv"]) == [e.id for e in course.get_assignment(2).exercises]
 
 
 def test_cli_list_and_errors(tmp_path):
@@ -326,13 +328,13 @@ def test_cli_list_and_errors(tmp_path):
                                     capture_output=True, text=True, cwd=tmp_path)
     listed = run("list")
     assert listed.returncode == 0, listed.stderr
-    for e in ex.EXERCISES:
+    for e in course.EXERCISES:
         assert e in listed.stdout
     assert "graded by hand" in listed.stdout
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     busy = run("make-student", str(tmp_path / "full"))
-    expected = "is itself a student copy" if ex.handed_out() else "is not an empty folder"
+    expected = "is itself a student copy" if course.handed_out() else "is not an empty folder"
     assert busy.returncode == 2 and expected in busy.stderr, busy.stderr
     missing = run("grade", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no folder" in missing.stderr

@@ -21,13 +21,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from minires import exercises as ex
+from minires import course
+from minires.course import grading, student
+from minires.course.assignments import _CUDA
+from minires.course.manifest import MANIFEST, read_manifest
+from minires.course.markers import find_def
+from minires.course.tree import source_files
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = list(ex.EXERCISES)
-CONV = [e.id for e in ex.get_assignment(2).exercises]
+ALL = list(course.EXERCISES)
+CONV = [e.id for e in course.get_assignment(2).exercises]
 
-if ex.handed_out():
+if course.handed_out():
     pytest.skip("a student copy: student copies are made from the reference", allow_module_level=True)
 if not (ROOT / ".git").exists() or shutil.which("git") is None:
     pytest.skip("needs the git checkout (a student copy takes git's tracked files)", allow_module_level=True)
@@ -41,8 +46,8 @@ def quiet(*args):
 def copies(tmp_path_factory):
     base = tmp_path_factory.mktemp("students")
     full, conv = base / "all", base / "conv"
-    ex.make_student(full, source=ROOT, log=quiet)
-    ex.make_student(conv, source=ROOT, assignments=["2"], log=quiet)
+    course.make_student(full, source=ROOT, log=quiet)
+    course.make_student(conv, source=ROOT, assignments=["2"], log=quiet)
     return SimpleNamespace(base=base, full=full, conv=conv)
 
 
@@ -51,7 +56,7 @@ def graded(copies):
     """grade() of the reference, the full copy and the conv copy."""
     reports = {}
     for name, directory in (("reference", ROOT), ("full", copies.full), ("conv", copies.conv)):
-        reports[name] = ex.grade(directory, json_path=copies.base / f"{name}.json", log=quiet)
+        reports[name] = course.grade(directory, json_path=copies.base / f"{name}.json", log=quiet)
     return reports
 
 
@@ -68,14 +73,14 @@ def clean_env(**extra):
 # ---------------------------------------------------------------- the copy
 
 def test_the_copy_holds_the_tracked_files_and_no_history(copies):
-    tracked = set(ex.source_files(ROOT))
+    tracked = set(source_files(ROOT))
     copied = {p.relative_to(copies.full).as_posix() for p in copies.full.rglob("*") if p.is_file()}
-    assert copied == tracked | {ex.MANIFEST}, (f"not copied: {sorted(tracked - copied)[:5]}; "
-                                               f"extra: {sorted(copied - tracked - {ex.MANIFEST})[:5]}")
+    assert copied == tracked | {MANIFEST}, (f"not copied: {sorted(tracked - copied)[:5]}; "
+                                            f"extra: {sorted(copied - tracked - {MANIFEST})[:5]}")
     assert not (copies.full / ".git").exists()
-    manifest = ex._read_manifest(copies.full)
+    manifest = read_manifest(copies.full)
     assert list(manifest["exercises"]) == ALL and list(manifest["assignments"]) == [1, 2, 3, 4, 5, 6]
-    conv = ex._read_manifest(copies.conv)
+    conv = read_manifest(copies.conv)
     assert list(conv["exercises"]) == CONV
     assert set(conv["removed_modules"]) == {"kernels/numba_cpu.py", "kernels/cupy_kernels.py"}
 
@@ -94,10 +99,10 @@ def test_the_copy_installs_and_imports_its_own_code(copies, tmp_path):
     probe = """
 import numpy as np
 import minires, minires.kernels, minires.kernels.numpy_ref
-from minires import exercises, kernels
+from minires import course, kernels
 print(minires.__file__)
 print(minires.kernels.__file__)
-print(",".join(sorted(exercises.handed_out())))
+print(",".join(sorted(course.handed_out())))
 try:
     kernels.load("numba")
 except kernels.BackendUnavailable as exc:
@@ -118,36 +123,36 @@ except NotImplementedError as exc:
 
 
 def test_no_solution_text_survives(copies):
-    files = ex.source_files(ROOT)
-    blocks = ex.scan(ROOT, files)
-    lines = ex.solution_lines(ROOT, files, blocks, ALL)
+    files = source_files(ROOT)
+    blocks = course.scan(ROOT, files)
+    lines = student.solution_lines(ROOT, files, blocks, ALL)
     assert len(lines) > 60, f"only {len(lines)} solution lines: the search would prove little"
     assert len(set(lines.values())) >= 15, f"solution lines of only {sorted(set(lines.values()))}"
-    hits = ex.find_solution_text(copies.full, lines)
+    hits = student.find_solution_text(copies.full, lines)
     assert hits == [], f"solution lines in the student copy: {hits[:5]}"
     # the search finds what is there: the conv copy keeps every other exercise's code (but the GPU im2col
     # and col2im kernels, which would show conv.im2col and conv.col2im)
     others = {s: e for s, e in lines.items() if e not in CONV + ["gpu.im2col", "gpu.col2im"]}
-    found = {e for _, _, e in ex.find_solution_text(copies.conv, others)}
+    found = {e for _, _, e in student.find_solution_text(copies.conv, others)}
     assert found == set(others.values())
     conv_lines = {s: e for s, e in lines.items() if e in CONV}
-    assert ex.find_solution_text(copies.conv, conv_lines) == []
+    assert student.find_solution_text(copies.conv, conv_lines) == []
 
 
 def test_leaks_elsewhere_are_blanked(copies):
-    modules, functions, docs = ex.plan(ALL)
-    manifest = ex._read_manifest(copies.full)
+    modules, functions, docs = student.plan(ALL)
+    manifest = read_manifest(copies.full)
     assert sorted(manifest["removed_modules"]) == sorted(modules)
     for path in modules:
         text = (copies.full / path).read_text()
         assert "raise ImportError" in text and "removed from this student copy" in text and "def " not in text
-    frames = {ex.EXERCISES[e].where for e in ALL if ex.EXERCISES[e].file == ex._CUDA}
+    frames = {course.EXERCISES[e].where for e in ALL if course.EXERCISES[e].file == _CUDA}
     for path, names in functions.items():
         tree = ast.parse((copies.full / path).read_text())
         removed = set(manifest["removed_functions"].get(path, ()))
         assert removed == set(names) - frames, f"{path}: removed {sorted(removed)}"  # a handed-out kernel stays
         for name in removed:
-            node = ex._find_def(tree, name)
+            node = find_def(tree, name)
             assert node is not None, f"{path}: {name} disappeared instead of being blanked"
             body = [n for n in node.body if not isinstance(n, ast.Expr)]
             assert len(body) == 1 and isinstance(body[0], ast.Raise), f"{path}: {name} still has code"
@@ -157,8 +162,8 @@ def test_leaks_elsewhere_are_blanked(copies):
         for qualname, text in cuts.items():
             if qualname in manifest["removed_functions"].get(path, ()):
                 continue  # removed whole
-            before = ast.get_docstring(ex._find_def(original, qualname))
-            after = ast.get_docstring(ex._find_def(copy, qualname))
+            before = ast.get_docstring(find_def(original, qualname))
+            after = ast.get_docstring(find_def(copy, qualname))
             assert after == (text or before.splitlines()[0]), f"{path}: {qualname}'s docstring was not cut"
             for line in before.splitlines()[1:]:
                 if line.strip():
@@ -176,7 +181,7 @@ def test_every_notebook_in_the_copy_is_stripped(copies):
 
 def test_a_student_copy_cannot_be_the_source(copies, tmp_path):
     with pytest.raises(RuntimeError, match="is itself a student copy"):
-        ex.make_student(tmp_path / "again", source=copies.full, log=quiet)
+        course.make_student(tmp_path / "again", source=copies.full, log=quiet)
 
 
 # ---------------------------------------------------------------- grading
@@ -195,7 +200,7 @@ def test_grade_gives_the_reference_full_points(graded):
 def test_every_handed_out_exercise_fails_with_its_not_implemented_error(graded, copies):
     report = graded["full"]
     for e in report["exercises"]:
-        if ex.EXERCISES[e["id"]].block:
+        if course.EXERCISES[e["id"]].block:
             assert e["points"] == 0 and e["total"] > 0, e["id"]
             for t in e["tests"]:
                 assert t["outcome"] in ("failed", "error") and "NotImplementedError" in t["message"] \
@@ -220,7 +225,7 @@ def test_the_suite_fails_in_a_copy_only_where_it_reaches_a_handed_out_exercise(c
     """A selection of the ordinary suite in the conv copy: passes, skips, or stops at a conv exercise's raise."""
     stage = tmp_path / "stage"
     stage.mkdir()
-    ex._stage(copies.conv, stage)
+    grading.import_root(copies.conv, stage)
     junit = tmp_path / "junit.xml"
     selection = ["test_autograd.py", "test_tensor.py", "test_optim.py", "test_kernels.py", "test_cudasim_process.py",
                  "test_exercises_markers.py"]

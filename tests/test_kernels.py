@@ -23,7 +23,7 @@ import minires  # noqa: E402
 import minires.functional as F  # noqa: E402
 from minires import Tensor, kernels  # noqa: E402
 from minires.kernels import BackendUnavailable  # noqa: E402
-from minires.exercises import is_removed  # noqa: E402
+from minires.course import is_removed  # noqa: E402
 from minires.kernels import numpy_ref as ref  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

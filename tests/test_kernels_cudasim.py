@@ -22,7 +22,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 cuda = pytest.importorskip("numba.cuda", reason="needs numba-cuda (pip install 'minires[numba]')")
 
 from minires import kernels  # noqa: E402
-from minires.exercises import is_removed  # noqa: E402
+from minires.course import is_removed  # noqa: E402
 from minires.kernels import numpy_ref as ref  # noqa: E402
 
 gpu = kernels.load("numba-cuda")

@@ -27,7 +27,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 pytest.importorskip("numba.cuda", reason="needs numba-cuda (pip install 'minires[numba]')")
 
 from minires import kernels  # noqa: E402
-from minires.exercises import is_removed  # noqa: E402
+from minires.course import is_removed  # noqa: E402
 
 gpu = kernels.load("numba-cuda")
 SHAPE = (2, 2, 4, 5)  # N, C, H, W: tiny, the simulator runs a Python thread per GPU thread

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from minires.exercises import handed_out
+from minires.course import handed_out
 
 pytest.importorskip("numba.cuda", reason="needs numba-cuda (pip install 'minires[numba]')")
 

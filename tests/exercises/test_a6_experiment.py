@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minires.exercises import ANSWER_PLACEHOLDER, EXPERIMENT_NOTEBOOK
+from minires.course.assignments import ANSWER_PLACEHOLDER, EXPERIMENT_NOTEBOOK
 
 pytestmark = pytest.mark.experiment
 
@@ -67,7 +67,7 @@ def test_the_notebook_trains_both_networks_and_plots_the_gradient_flow():
 
 def test_the_reference_leaves_the_answers_empty():
     """The answer cells ship with the placeholder: answers are the students' to write."""
-    from minires.exercises import handed_out
+    from minires.course import handed_out
     if handed_out():
         pytest.skip("a student copy: the answers are the student's")
     answers = [text(c).strip() for c in load()["cells"] if "answer" in tags(c)]

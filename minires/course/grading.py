@@ -1,0 +1,177 @@
+"""Grading: run a copy's exercise tests in a fresh pytest process and count the points per exercise.
+
+The tests run against DIR's own code: a temporary import root whose
+``minires`` package is DIR's (and ``minires.kernels`` DIR/kernels), checked
+afterwards, so an installed minires cannot stand in for the student's. The
+grader's own ``pytest_plugin`` records each test's outcome and exercise.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .assignments import ANSWER_PLACEHOLDER, ASSIGNMENTS, EXPERIMENT_NOTEBOOK, get_assignment
+from .manifest import read_manifest
+
+# The child pytest loads this package's plugin under a private top-level name, from a folder of its
+# own: DIR's minires (another copy, perhaps older or edited) neither provides nor shadows it.
+_PLUGIN_FILE = Path(__file__).resolve().with_name("pytest_plugin.py")
+_PLUGIN_NAME = "_minires_grade_plugin"
+
+
+def import_root(directory, root):
+    """Make ``root`` an import root whose ``minires`` package is DIR's, ``minires.kernels`` DIR/kernels."""
+    package = root / "minires"
+    package.mkdir()
+    for entry in sorted((directory / "minires").iterdir()):
+        if entry.name in ("__pycache__", "kernels"):
+            continue
+        _link(entry, package / entry.name)
+    _link(directory / "kernels", package / "kernels")
+
+
+def _link(src, dst):
+    try:
+        os.symlink(src, dst, target_is_directory=src.is_dir())
+    except (OSError, NotImplementedError):
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+
+
+def _run_pytest(directory, stage, plugin_dir, args, extra_env, timeout):
+    """One pytest process over DIR's exercise tests; returns the plugin's record."""
+    out_file = Path(plugin_dir) / f"result-{len(os.listdir(plugin_dir))}.json"
+    env = dict(os.environ)
+    for key in ("NUMBA_ENABLE_CUDASIM", "MINIRES_KERNELS", "PYTEST_ADDOPTS"):
+        env.pop(key, None)
+    env.update(extra_env)
+    env["MINIRES_GRADE_OUT"] = str(out_file)
+    env["PYTHONPATH"] = os.pathsep.join([str(stage), str(plugin_dir)])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    cmd = [sys.executable, "-m", "pytest", str(directory / "tests" / "exercises"), "-q", "-p", "no:cacheprovider",
+           "-p", _PLUGIN_NAME, "-o", "addopts=", "--rootdir", str(directory)]
+    if (directory / "pyproject.toml").is_file():
+        cmd += ["-c", str(directory / "pyproject.toml")]
+    cmd += args
+    try:
+        proc = subprocess.run(cmd, cwd=stage, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the exercise tests ran longer than {timeout} s; an endless loop?") from None
+    if not out_file.exists():
+        tail = (proc.stdout[-2000:] + proc.stderr[-2000:]).strip()
+        raise RuntimeError(f"pytest did not run the exercise tests (exit {proc.returncode}):\n{tail}")
+    record = json.loads(out_file.read_text())
+    record["output"] = proc.stdout[-4000:]
+    return record
+
+
+def _check_imports(directory, modules):
+    """Raise unless every minires module the tests imported comes from DIR."""
+    real = Path(os.path.realpath(directory))
+    foreign = {n: f for n, f in modules.items() if f and real not in Path(f).parents}
+    if foreign:
+        name, path = sorted(foreign.items())[0]
+        raise RuntimeError(f"the tests imported {name} from {path}, not from {directory}; "
+                           "grading would not test this copy")
+
+
+def answered_questions(directory):
+    """(answer cells filled, answer cells) of the experiment notebook in DIR, or None if it is missing."""
+    path = Path(directory) / EXPERIMENT_NOTEBOOK
+    if not path.is_file():
+        return None
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except (ValueError, OSError):
+        return None
+    answers = [c for c in cells if "answer" in c.get("metadata", {}).get("tags", [])]
+    filled = sum(1 for c in answers if "".join(c.get("source", "")).strip() not in ("", ANSWER_PLACEHOLDER))
+    return filled, len(answers)
+
+
+def grade(directory=".", assignments=None, json_path=None, timeout=900, log=print):
+    """Run DIR's exercise tests, print passed tests and points per exercise, write a JSON report; returns it."""
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no folder {directory}")
+    for need in ("minires", "kernels", "tests/exercises"):
+        if not (directory / need).is_dir():
+            raise FileNotFoundError(f"{directory} has no {need}/: not a minires source tree or student copy")
+    chosen = [get_assignment(k) for k in assignments] if assignments else list(ASSIGNMENTS)
+    cpu_markers = [a.marker for a in chosen if a.marker != "gpu_kernel"]
+    results, started = {}, time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="minires-grade-") as tmp:
+        stage, plugin_dir = Path(tmp) / "stage", Path(tmp) / "plugin"
+        stage.mkdir()
+        plugin_dir.mkdir()
+        _link(_PLUGIN_FILE, plugin_dir / f"{_PLUGIN_NAME}.py")
+        import_root(directory, stage)
+        runs = []
+        if cpu_markers:
+            runs.append((["-m", " or ".join(cpu_markers)], {}))
+        if any(a.marker == "gpu_kernel" for a in chosen):
+            runs.append((["-m", "gpu_kernel"], {"NUMBA_ENABLE_CUDASIM": "1"}))
+        for args, env in runs:
+            record = _run_pytest(directory, stage, plugin_dir, args, env, timeout)
+            _check_imports(directory, record["modules"])
+            for nodeid, result in record["results"].items():
+                if result["outcome"] != "not run" or nodeid not in results:
+                    results[nodeid] = result
+
+    report = {"minires_grade": 1, "directory": str(directory),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - started, 1),
+              "student_copy": read_manifest(directory), "exercises": [], "assignments": []}
+    total = possible = by_hand = 0.0
+    rows = []
+    for a in chosen:
+        a_points = 0.0
+        for ex in a.exercises:
+            tests = [dict(test=k, **v) for k, v in sorted(results.items()) if v["exercise"] == ex.id]
+            counted = [t for t in tests if t["outcome"] != "skipped"]
+            passed = sum(t["outcome"] == "passed" for t in tests)
+            points = round(ex.points * passed / len(counted), 2) if counted else 0.0
+            problem = next((t["message"] for t in tests if t["outcome"] in ("failed", "error")), "")
+            if counted == [] and tests:
+                problem = "all skipped: " + tests[0]["message"]
+            if not tests:
+                problem = "no tests found"
+            a_points += points
+            report["exercises"].append({
+                "id": ex.id, "assignment": a.number, "points": points, "points_possible": ex.points,
+                "passed": passed, "failed": sum(t["outcome"] in ("failed", "error") for t in tests),
+                "skipped": len(tests) - len(counted), "total": len(tests), "tests": tests})
+            rows.append((ex.id, f"{passed}/{len(tests)}", f"{points:g} / {ex.points}", problem))
+        entry = {"number": a.number, "name": a.marker, "points": round(a_points, 2), "points_possible": a.points,
+                 "graded_by_hand": a.graded_by_hand}
+        if a.graded_by_hand:
+            entry["answers"] = answered_questions(directory)
+        report["assignments"].append(entry)
+        total += a_points
+        possible += a.points
+        by_hand += a.graded_by_hand
+    report["total"] = {"points": round(total, 2), "points_possible": possible, "graded_by_hand": by_hand}
+
+    width = max(len(r[0]) for r in rows) if rows else 10
+    log(f"{'exercise':<{width}}  {'tests':>7}  {'points':>11}  first problem")
+    for ex_id, tests, points, problem in rows:
+        problem = " ".join(problem.split())
+        log(f"{ex_id:<{width}}  {tests:>7}  {points:>11}  {problem[:90]}")
+    for entry in report["assignments"]:
+        if entry["graded_by_hand"]:
+            answers = entry.get("answers")
+            filled = (f"{answers[0]} of {answers[1]} answer cells filled" if answers
+                      else f"{EXPERIMENT_NOTEBOOK} not found")
+            log(f"assignment {entry['number']} ({entry['name']}): {entry['graded_by_hand']:g} points "
+                f"graded by hand, not counted here ({filled})")
+    log(f"{'total':<{width}}  {'':>7}  {total:g} / {possible:g}" +
+        (f"  (+ {by_hand:g} points graded by hand)" if by_hand else ""))
+    json_path = Path(json_path) if json_path else directory / "grade.json"
+    json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    log(f"report: {json_path}")
+    return report
