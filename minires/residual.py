@@ -127,14 +127,16 @@ def pad_channels(x, out_channels, stride=1):
 class ResidualRecord:
     """What one ``residual_add`` sent back to its block during backward.
 
-    ``grad_residual`` and ``grad_shortcut``: the gradient into F(x) and into
-    S(x), both g = dy * relu'(y). ``via_shortcut`` and ``via_residual``: the
-    two contributions that reach the block input x, through the shortcut
-    (for an identity shortcut exactly g, the "1" of 1 + dF/dx) and through the
-    residual branch (J_F(x)^T g). Their sum is the gradient at x from this block.
+    ``grad_residual`` and ``grad_shortcut``: the gradients the add sent into
+    F(x) and into S(x). ``via_shortcut`` and ``via_residual``: the two
+    contributions that reach the block input x, through the shortcut (for an
+    identity shortcut, the "1" of 1 + dF/dx) and through the residual branch
+    (J_F(x)^T times the add's gradient). Their sum is the gradient at x from this block.
 
     ``name`` is the block's path in the model (``record_residuals(model)``)
-    or the ``name`` given to ``residual_add``. ``has_shortcut`` is False for
+    or the ``name`` given to ``residual_add``. ``block`` is that path too, set
+    only where a module's forward ended in this add (so a named add that ends
+    no module's forward is told apart). ``has_shortcut`` is False for
     a plain block; ``identity`` tells whether the shortcut was the block input
     itself, and ``shortcut_module`` names the module that computed it (e.g.
     "layer2.0.downsample"), where ``record_residuals(model)`` could see them.
@@ -142,6 +144,7 @@ class ResidualRecord:
 
     def __init__(self, name=None, has_shortcut=True):
         self.name = name
+        self.block = None
         self.has_shortcut = has_shortcut
         self.identity = None
         self.shortcut_module = None
@@ -277,7 +280,7 @@ class _Collection:
             if entry is not None and entry[0] is out:  # this module's forward ended in that add: a block
                 _, record, s = entry
                 x = args[0] if args else None
-                record.name = path
+                record.name = record.block = path
                 record.input_shape = getattr(x, "shape", record.input_shape)
                 if s is not None:
                     record.identity = s is x

@@ -35,7 +35,7 @@ class Exercise:
     """One exercise: the block ``id`` in function ``where`` of ``file``, worth ``points``."""
     id: str
     file: str          # the file that holds the block (repo-relative)
-    where: str         # the function the block sits in, e.g. "Conv2d.backward"
+    where: str         # the function the block sits in, e.g. "Conv2dFunction.backward"
     points: int
     title: str
     leaks: tuple = ()  # other spots that show the solution (RemoveModule, RemoveFunctions, CutDocstring)
@@ -60,8 +60,14 @@ class Assignment:
 
 _BACKENDS = (RemoveModule("kernels/numba_cpu.py"), RemoveModule("kernels/cupy_kernels.py"))
 _CUDA = "kernels/numba_cuda.py"
-_CONV_DOC = CutDocstring("minires/functional.py", "Conv2d")
-_BN_DOC = CutDocstring("minires/functional.py", "BatchNorm")
+_CONV_DOC = CutDocstring("minires/functional.py", "Conv2dFunction")
+_BN_DOC = CutDocstring("minires/functional.py", "BatchNormFunction")
+# residual.py's opening docstring derives the add's backward: a student copy keeps only its question
+_RESIDUAL_DOC = CutDocstring("minires/residual.py", "", (
+    "The residual add: y = relu(F(x) + S(x)), and where its gradient goes.\n\n"
+    "Derive what its backward sends into F(x), into S(x) and on to the block input x (exercise\n"
+    "residual.add_backward, see tutorials/assignments/04_residual.md). ``residual_add`` records the\n"
+    "two contributions that reach x; ``record_residuals()`` collects the records of a forward pass.\n"))
 
 
 def _cuda(*names):
@@ -97,7 +103,7 @@ ASSIGNMENTS = (
                    Exercise("conv.backward_weight", "kernels/numpy_ref.py", "conv2d_backward_weight", 2,
                             "the gradient with respect to the weight",
                             _BACKENDS + (_cuda("conv2d_backward_weight"), _CONV_DOC)),
-                   Exercise("conv.layer_backward", "minires/functional.py", "Conv2d.backward", 1,
+                   Exercise("conv.layer_backward", "minires/functional.py", "Conv2dFunction.backward", 1,
                             "the op's backward: which gradients, and the bias's", (_CONV_DOC,)),
                )),
     Assignment(3, "batchnorm", "Batch normalisation", "tutorials/assignments/03_batchnorm.md",
@@ -109,7 +115,7 @@ ASSIGNMENTS = (
                             "normalise, scale and shift per channel",
                             _BACKENDS + (_cuda("batch_norm_forward", "_channel_affine_kernel",
                                                "_bn_scale_shift_kernel"),)),
-                   Exercise("bn.forward", "minires/functional.py", "BatchNorm.forward", 3,
+                   Exercise("bn.forward", "minires/functional.py", "BatchNormFunction.forward", 3,
                             "training and eval statistics, the running averages", (_BN_DOC,)),
                    Exercise("bn.backward", "kernels/numpy_ref.py", "batch_norm_backward", 5,
                             "the backward in training and in eval mode",
@@ -121,13 +127,13 @@ ASSIGNMENTS = (
                    Exercise("residual.add_backward", "kernels/numpy_ref.py", "residual_add_backward", 2,
                             "the residual add's backward: the 1 of 1 + dF/dx",
                             _BACKENDS + (_cuda("residual_add_backward", "_relu_mask_kernel"),
-                                         CutDocstring("minires/functional.py", "ResidualAdd"))),
-                   Exercise("residual.pad_forward", "minires/functional.py", "PadChannels.forward", 2,
+                                         CutDocstring("minires/residual.py", "ResidualAddFunction"), _RESIDUAL_DOC)),
+                   Exercise("residual.pad_forward", "minires/residual.py", "PadChannelsFunction.forward", 2,
                             "the option-A shortcut: subsample, zero-pad channels",
-                            (CutDocstring("minires/functional.py", "PadChannels"),)),
-                   Exercise("residual.pad_backward", "minires/functional.py", "PadChannels.backward", 2,
+                            (CutDocstring("minires/residual.py", "PadChannelsFunction"),)),
+                   Exercise("residual.pad_backward", "minires/residual.py", "PadChannelsFunction.backward", 2,
                             "the option-A shortcut's backward",
-                            (CutDocstring("minires/functional.py", "PadChannels"),)),
+                            (CutDocstring("minires/residual.py", "PadChannelsFunction"),)),
                    Exercise("residual.basic_block", "minires/models/blocks.py", "BasicBlock.forward", 2,
                             "BasicBlock.forward"),
                    Exercise("residual.bottleneck", "minires/models/blocks.py", "Bottleneck.forward", 2,
