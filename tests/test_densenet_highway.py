@@ -5,9 +5,11 @@ import pytest
 import minires
 import minires.functional as F
 from minires import gradcheck
+from minires.functional import sigmoid
 from minires.models import BasicBlock, ResidualBlock, resnet20
 from minires.models.densenet import DenseBlock, DenseLayer, DenseNet, Transition, densenet_bc_40, densenet_bc_100
-from minires.models.highway import HighwayBlock, HighwayNet, Sigmoid, highway20, sigmoid
+from minires.models.highway import HighwayBlock, HighwayNet, highway20
+from minires.ops import Sigmoid
 
 
 def _randomise(model, rng, dtype=np.float32):
@@ -267,10 +269,15 @@ def test_exclusive_gate_held_at_one_is_exactly_the_plain_block(rng):
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     r = rng.standard_normal((2, 8, 3, 3)).astype(np.float32)
     y_h, dx_h, _, records = _run(highway, x, r)
-    y_p, dx_p, _, _ = _run(plain, x, r)
+    y_p, dx_p, _, records_p = _run(plain, x, r)
     np.testing.assert_array_equal(y_h, y_p)
     np.testing.assert_array_equal(dx_h, dx_p)
-    assert records == []  # not a residual add
+    # the highway block still ends in a residual add, of T * F(x) and C * S(x) with C = 0: nothing
+    # reaches its input through the shortcut; the plain block's add has no shortcut at all
+    assert len(records) == len(records_p) == 1
+    assert records[0].has_shortcut and not np.any(records[0].via_shortcut)
+    assert not records_p[0].has_shortcut and records_p[0].via_shortcut is None
+    np.testing.assert_array_equal(records[0].input_grad, dx_h)
 
 
 def test_exclusive_gate_held_at_zero_carries_the_input(rng):
@@ -307,7 +314,8 @@ def test_learned_gate_matches_torch(torch, rng, stride):
     x = rng.standard_normal((2, 4, 6, 6))
     r = rng.standard_normal((2, planes, 6 // stride, 6 // stride))
     y, dx, grads, records = _run(block, x, r)
-    assert records == []
+    assert len(records) == 1  # one add, of the gated paths; its two contributions sum to the input gradient
+    np.testing.assert_allclose(records[0].input_grad, dx, rtol=1e-12, atol=1e-14)
 
     w = {n: torch.tensor(p.numpy(), requires_grad=True) for n, p in block.named_parameters()}
     xt = torch.tensor(x, requires_grad=True)
@@ -374,7 +382,11 @@ def test_highway20_count_and_layout(rng):
     assert model(minires.randn(2, 1, 32, 32, rng=rng)).shape == (2, 7)
     blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, ResidualBlock)]
     assert [n for n, _ in blocks] == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
-    assert all(isinstance(m, HighwayBlock) and m.record_name == n for n, m in blocks)
+    assert all(isinstance(m, HighwayBlock) for _, m in blocks)
+    with minires.no_grad(), minires.record_residuals(model) as records:
+        model(minires.randn(1, 1, 8, 8, rng=rng))
+    assert [r.name for r in records] == [n for n, _ in blocks]   # every block ends in its residual add
+    assert not any(r.identity for r in records)                  # a gated shortcut C * S(x) is no identity
     assert [m.downsample is None for _, m in blocks] == [True] * 3 + [False, True, True] * 2
 
 
@@ -386,7 +398,7 @@ def test_highway20_with_gates_open_is_resnet20(rng):
     expected = resnet(x).numpy()
     assert not np.allclose(model(x).numpy(), expected)  # the learned gates change the function
     model.hold_gates(1.0, carry=1.0)
-    with minires.record_residuals() as records:
+    with minires.record_residuals(model) as records:
         np.testing.assert_array_equal(model(x).numpy(), expected)
     assert [rec.name for rec in records] == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
     model.release_gates()

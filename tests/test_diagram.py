@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from minires import models
+import minires.functional as F
+from minires import models, nn
 from minires.models import ResidualBlock
 from minires.viz import model_diagram, plot_model, to_dot
 
@@ -259,10 +260,108 @@ def test_bad_arguments(tmp_path):
 
 
 def test_models_without_blocks_and_a_lone_block():
-    from minires import nn
     mlp = model_diagram(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     assert [n.label for n in mlp.nodes] == ["input", "Sequential: fc 4, ReLU, fc 2", "output"]
-    assert mlp.shortcuts == []
+    assert mlp.shortcuts == [] and mlp.note.startswith("no module of Sequential ends in F.residual_add")
     block = model_diagram(models.resnet20().layer2[0])
     assert [n.kind for n in block.nodes] == ["input", "block", "add", "output"]
     assert [(e.style, e.label) for e in block.shortcuts] == [("dashed", "zero-pad to 32 /2")]
+
+
+# ---------------------------------------------------------------- blocks found by what they do
+
+
+class PortedBlock(nn.Module):
+    """A block ported from a Keras blog: its own names, a projection called ``proj``, no minires base class."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.n1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.n2 = nn.BatchNorm2d(cout)
+        self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
+        return F.residual_add(out, x if self.proj is None else self.proj(x))
+
+
+class PaddedBlock(PortedBlock):
+    """The same branch; the shortcut computed by a bare functional call (no module to describe)."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, stride)
+        self.proj = None
+
+    def forward(self, x):
+        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
+        return F.residual_add(out, F.pad_channels(x, out.shape[1], x.shape[2] // out.shape[2]))
+
+
+class PortedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.entry = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(PortedBlock(8, 8), PortedBlock(8, 16, 2), PaddedBlock(16, 32, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.classifier(F.flatten(self.pool(self.body(self.entry(x)))))
+
+
+class FlatNet(nn.Module):
+    """No residual add; its classifier only takes 8x8 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(F.flatten(F.relu(self.conv(x))))
+
+
+def test_a_users_own_blocks_are_drawn_with_their_shortcuts():
+    diagram = model_diagram(PortedNet())
+    assert [n.name for n in diagram.nodes if n.kind == "block"] == ["body.0", "body.1", "body.2"]
+    assert [(e.block, e.style, e.label) for e in diagram.shortcuts] == [
+        ("body.0", "solid", "identity"), ("body.1", "dashed", "1x1 conv 16 /2, BN"),
+        ("body.2", "dashed", "shortcut")]
+    labels = {n.name: n.label for n in diagram.nodes}
+    assert labels["body.1"] == "body.1: 3x3 conv 16 /2 (c1), 3x3 conv 16 (c2)"    # the projection left out
+    assert labels["body.2"] == "body.2: 3x3 conv 32 /2 (c1), 3x3 conv 32 (c2)"
+    assert labels["stem"] == "stem: 3x3 conv 8 (entry)" and labels["head"] == "head: global avg pool, fc 10"
+    assert diagram.note == "" and diagram.title == "PortedNet"
+
+
+def test_a_users_own_blocks_in_svg(tmp_path):
+    path = tmp_path / "ported.svg"
+    plot_model(PortedNet(), path, input_shape=(1, 3, 16, 16), backend="matplotlib")
+    groups, stray = _dashed_groups(path)
+    assert groups == {"shortcut-body.1", "shortcut-body.2"} and stray == 0
+    assert _shortcut_group_ids(path) == {"shortcut-body.0", "shortcut-body.1", "shortcut-body.2"}
+
+
+def test_gated_shortcuts_are_not_identities():
+    styles = {(e.style, e.label) for e in model_diagram(models.highway20()).shortcuts}
+    assert styles == {("dashed", "shortcut")}                 # C(x) * S(x): computed in the block's forward
+
+
+def test_a_model_without_residual_add_says_so(tmp_path):
+    with pytest.warns(UserWarning, match="no module of FlatNet ends in F.residual_add: drawn as a chain"):
+        diagram = plot_model(FlatNet(), tmp_path / "flat.svg", input_shape=(1, 1, 8, 8), backend="matplotlib")
+    assert not any(n.kind in ("block", "add") for n in diagram.nodes) and diagram.shortcuts == []
+    assert "no module of FlatNet ends in F.residual_add" in (tmp_path / "flat.svg").read_text()
+    assert "label=\"FlatNet\\nno module of FlatNet ends in F.residual_add" in to_dot(diagram)
+
+
+def test_the_probe_input_and_its_failure():
+    # no input_shape: one 32x32 image with the first layer's channels finds the blocks; no shapes shown
+    diagram = model_diagram(models.resnet20(in_channels=1))
+    assert len(diagram.shortcuts) == 9 and all(n.shape is None for n in diagram.nodes)
+    with pytest.raises(ValueError, match=r"probe input of shape \(1, 1, 32, 32\) failed.*pass input_shape"):
+        model_diagram(FlatNet())
+    assert model_diagram(FlatNet(), input_shape=(1, 1, 8, 8)).nodes[-1].shape == (3,)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import minires
-from minires import models
+import minires.functional as F
+from minires import models, nn
 from minires.viz.gradflow import (gradient_flow, plot_block_contributions, plot_gradient_norms,
                                   plot_training_curves)
 
@@ -89,3 +90,116 @@ def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / "curves.png").stat().st_size > 1000
     finally:
         matplotlib.use(before)
+
+
+# ---------------------------------------------------------------- blocks found by what they do
+
+
+class PortedBlock(nn.Module):
+    """A block ported from a Keras blog: its own layer names, a projection called ``proj``, no minires base."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv_a = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.norm_a = nn.BatchNorm2d(cout)
+        self.conv_b = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm_b = nn.BatchNorm2d(cout)
+        self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = self.norm_b(self.conv_b(F.relu(self.norm_a(self.conv_a(x)))))
+        return F.residual_add(out, x if self.proj is None else self.proj(x))
+
+
+class PortedNet(nn.Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.entry = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(blocks[-1].norm_b.num_features, 10)
+
+    def forward(self, x):
+        return self.classifier(F.flatten(self.pool(self.body(self.entry(x)))))
+
+
+class SmallCNN(nn.Module):
+    """No residual add anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(F.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)))
+
+
+def test_a_users_own_blocks_are_found_and_named_by_their_path():
+    minires.manual_seed(5)
+    model = PortedNet([PortedBlock(8, 8), PortedBlock(8, 16, 2), PortedBlock(16, 16)])
+    x, y = _batch()
+    kept = {}
+
+    def keep(name):  # the block input's gradient, measured here independently of gradient_flow
+        return lambda module, args, out: kept.__setitem__(name, args[0].retain_grad())
+
+    handles = [model.body[i].register_forward_hook(keep(f"body.{i}")) for i in range(3)]
+    with minires.record_residuals() as records:
+        flow = gradient_flow(model, x, y)
+    for h in handles:
+        h.remove()
+    assert [b.name for b in flow.blocks] == ["body.0", "body.1", "body.2"] and flow.note == ""
+    assert [b.depth for b in flow.blocks] == [0, 1, 2]
+    assert [r.shortcut_module for r in records] == [None, "body.1.proj", None]
+    for block, record in zip(flow.blocks, records):
+        # the identity/residual split sums to the total at the block input
+        assert block.total == pytest.approx(np.linalg.norm(kept[block.name].grad.numpy()), rel=1e-6)
+        np.testing.assert_allclose(record.via_shortcut + record.via_residual, kept[block.name].grad.numpy(),
+                                   rtol=1e-4, atol=1e-7)
+        assert block.identity == pytest.approx(np.linalg.norm(record.via_shortcut), rel=1e-6) and block.identity > 0
+        assert block.residual == pytest.approx(np.linalg.norm(record.via_residual), rel=1e-6) and block.residual > 0
+
+
+def test_a_block_called_twice_has_a_row_per_call():
+    minires.manual_seed(6)
+    shared = PortedBlock(8, 8)
+    model = PortedNet([shared, shared])
+    with minires.record_residuals() as records:
+        flow = gradient_flow(model, *_batch())
+    assert [b.name for b in flow.blocks] == ["body.0", "body.0"]
+    for block, record in zip(flow.blocks, records):   # each call's total is measured at that call's input
+        assert block.total == pytest.approx(np.linalg.norm(record.via_shortcut + record.via_residual), rel=1e-4)
+    assert flow.blocks[0].total != pytest.approx(flow.blocks[1].total, rel=1e-3)
+
+
+def test_a_model_without_residual_add_gets_a_note_not_an_empty_success():
+    minires.manual_seed(7)
+    with pytest.warns(UserWarning, match="no module of SmallCNN ends in F.residual_add: no blocks to measure"):
+        flow = gradient_flow(SmallCNN(), *_batch())
+    assert flow.blocks == [] and flow.note.startswith("no module of SmallCNN ends in F.residual_add")
+    assert [r.name for r in flow.layers] == ["conv", "fc"] and all(r.grad_norm > 0 for r in flow.layers)
+    resnet = gradient_flow(models.resnet8(), *_batch())
+    with pytest.raises(ValueError, match="'cnn': no module of SmallCNN ends in F.residual_add"):
+        plot_gradient_norms({"resnet8": resnet, "cnn": flow})
+    with pytest.raises(ValueError, match="plot_block_contributions.*no module of SmallCNN"):
+        plot_block_contributions(flow)
+
+
+def test_residual_adds_that_end_no_modules_forward_are_told_apart():
+    class Inline(nn.Module):
+        """Two residual adds written inline in one forward, which returns something else."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1), nn.Linear(3, 10)
+
+        def forward(self, x):
+            x = F.residual_add(self.c1(x), x, name="first")
+            x = F.residual_add(self.c2(x), x)
+            return self.fc(F.flatten(F.adaptive_avg_pool2d(x, 1)))
+
+    with pytest.warns(UserWarning, match="calls F.residual_add 2 times, but no module's forward returns"):
+        flow = gradient_flow(Inline(), *_batch())
+    assert flow.blocks == []

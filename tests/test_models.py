@@ -125,20 +125,22 @@ def test_zero_init_residual_makes_every_block_its_shortcut():
 
 
 @pytest.mark.parametrize("name, blocks", [("resnet20", 9), ("resnet18", 8), ("resnet50", 16),
-                                          ("preact_resnet164", 54), ("plain20", 0)])
+                                          ("preact_resnet164", 54), ("plain20", 9)])
 def test_every_block_records_through_residual_add(name, blocks):
     minires.manual_seed(1)
     size = 32 if name != "resnet50" and name != "resnet18" else 64
     model = models.get(name, num_classes=3)
     x = minires.randn(2, 3, size, size)
-    with minires.record_residuals() as records:
+    with minires.record_residuals(model) as records:
         F.cross_entropy(model(x), minires.tensor([0, 2])).backward()
     assert len(records) == blocks
     expected = [n for n, m in model.named_modules() if isinstance(m, models.ResidualBlock)]
-    if blocks:
-        assert [r.name for r in records] == expected
-        for r in records:
-            assert r.via_shortcut is not None and r.via_residual is not None
+    assert [r.name for r in records] == [r.block for r in records] == expected
+    for r in records:
+        if name.startswith("plain"):  # F.residual_add(out, None): recorded, nothing through a shortcut
+            assert not r.has_shortcut and r.via_shortcut is None and r.via_residual is None
+        else:
+            assert r.has_shortcut and r.via_shortcut is not None and r.via_residual is not None
             assert r.via_shortcut.shape == r.input_shape
 
 

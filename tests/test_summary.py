@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import minires
+import minires.functional as F
 from minires import models, nn
 from minires.cli import main
 from minires.viz import format_count, summary
@@ -286,6 +287,75 @@ def test_bad_arguments():
         summary(models.resnet20(), (1, 3, 32, 32), depth=-1, file=io.StringIO())
     with pytest.raises(TypeError, match="Module"):
         summary("resnet20", (1, 3, 32, 32))
+
+
+# ---------------------------------------------------------------- residual blocks, found by what they do
+
+
+class _PortedBlock(nn.Module):
+    """A user's block: its own names, a ``proj`` projection, no minires.models base class."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.n1 = nn.BatchNorm2d(cout)
+        self.proj = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        return F.residual_add(self.n1(self.c1(x)), x if self.proj is None else self.proj(x))
+
+
+class _PortedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.Sequential(_PortedBlock(3, 4, 2), _PortedBlock(4, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.flatten(F.adaptive_avg_pool2d(self.stages(x), 1)))
+
+
+def _type_cell(result, name):
+    """The Type column of the printed row ``name``."""
+    line = next(line for line in result.text.splitlines() if line.split()[:1] == [name])
+    return line.split(None, 1)[1].split("  ")[0].strip()
+
+
+def test_block_rows_are_marked_and_listed():
+    result = summary(models.resnet20(), (1, 3, 32, 32), file=io.StringIO())
+    blocks = [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+    assert result.blocks == blocks and result.note == ""
+    assert [r.name for r in result.all_rows if r.block] == blocks and result.row("layer1.0").type == "BasicBlock"
+    assert _type_cell(result, "layer1.0") == "BasicBlock +" and _type_cell(result, "layer1") == "Sequential"
+    assert result.text.splitlines()[-1] == "Residual blocks (+):  9: layer1.0, layer1.1 ... layer3.2"
+    plain = summary(models.plain20(), (1, 3, 32, 32), file=io.StringIO())
+    assert plain.blocks == blocks and _type_cell(plain, "layer3.2") == "BasicBlock +"
+    assert plain.text.splitlines()[-1] == \
+        "Residual blocks (+):  9, all plain (no shortcut): layer1.0, layer1.1 ... layer3.2"
+
+
+def test_marks_change_only_the_type_column_and_add_one_line():
+    result = summary(models.resnet20(), (1, 3, 32, 32), file=io.StringIO())
+    lines = result.text.splitlines()
+    rows = [line for line in lines if line.startswith(("  layer", "layer", "conv1", "fc"))]
+    assert sum(" +  " in line for line in rows) == 9
+    assert lines[-2] == "Total multiply-adds:  40.55 M (40,551,040) per image"
+
+
+def test_a_users_own_block_is_marked():
+    result = summary(_PortedNet(), (1, 3, 8, 8), depth=None, file=io.StringIO())
+    assert result.blocks == ["stages.0", "stages.1"]
+    assert _type_cell(result, "stages.0") == "_PortedBlock +" and _type_cell(result, "stages.0.proj") == "Conv2d"
+    assert result.text.splitlines()[-1] == "Residual blocks (+):  2: stages.0, stages.1"
+    assert result.total_params == 3 * 4 * 9 + 2 * 4 + 3 * 4 + 4 * 4 * 9 + 2 * 4 + 4 * 2 + 2
+
+
+def test_a_model_without_residual_add_says_so():
+    result = summary(_Twice(), (2, 3, 9, 9), file=io.StringIO())
+    assert result.blocks == [] and not any(r.block for r in result.all_rows)
+    assert result.note == "no module of _Twice ends in F.residual_add"
+    assert result.text.splitlines()[-1] == "Residual blocks:      none: no module of _Twice ends in F.residual_add"
+    assert " +" not in result.text
 
 
 # ---------------------------------------------------------------- the command line

@@ -1,10 +1,15 @@
 """``plot_model(model, path)``: the architecture as a diagram, drawn as in Figure 3 of He et al. 2015.
 
-The stem, one box per residual block (its name and its weight layers, e.g.
-"layer2.0: 3x3 conv 32 /2, 3x3 conv 32"), then the head. Each block's
-shortcut is an arrow that bypasses the box into a "+" node: solid for an
-identity shortcut, dashed where the shortcut changes the shape (an option-A
-zero-pad or a 1x1 projection). A plain block has no shortcut.
+The stem, one box per block (its name and its weight layers, e.g.
+"layer2.0: 3x3 conv 32 /2, 3x3 conv 32"), then the head. A block is any
+module whose forward ends in ``F.residual_add``, found by one forward pass
+under ``record_residuals(model)``, whatever its class. Its shortcut is an
+arrow that bypasses the box into a "+" node, drawn from the add's record:
+solid for an identity shortcut (the block's input itself), dashed for
+anything else (an option-A zero-pad, a 1x1 projection: labelled with the
+shortcut module's layers). A plain block (``F.residual_add(out, None)``)
+has no shortcut; a model without any block is drawn as a chain of layers,
+with a note saying so.
 
 The diagram is first built as plain data (``model_diagram``: nodes and edges
 with their styles), then rendered by Graphviz's ``dot`` where it is on PATH,
@@ -19,12 +24,14 @@ from dataclasses import dataclass, field
 
 from .. import nn
 from ..autograd import no_grad
-from ..models.blocks import PadChannels, ResidualBlock
-from .summary import _check_input_shape, _example_input
+from ..models.blocks import PadChannels
+from ..residual import record_residuals
+from .summary import _check_input_shape, _example_input, _no_blocks_note
 
 BACKENDS = ("auto", "graphviz", "matplotlib")
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
 _MAX_LAYERS_IN_LABEL = 8
+PROBE_SIZE = 32                    # side of the probe image when no input_shape is given (CIFAR's)
 
 
 @dataclass
@@ -72,6 +79,12 @@ class Diagram:
     edges: list
     backend: str = None
     path: str = None
+    note: str = ""                 # why there are no blocks, if there are none
+
+    @property
+    def title(self):
+        """The model's name, and the note under it."""
+        return f"{self.model}\n{self.note}" if self.note else self.model
 
     @property
     def shortcuts(self):
@@ -92,13 +105,16 @@ def _stride(s):
     return f" /{sh}x{sw}"
 
 
-def _describe(name, m):
-    """A layer in the paper's words: "3x3 conv 64 /2", "BN", "3x3 max pool /2", "fc 1000"; None to omit."""
+def _describe(name, m, tag=True):
+    """A layer in the paper's words: "3x3 conv 64 /2", "BN", "3x3 max pool /2", "fc 1000"; None to omit.
+
+    With ``tag`` a convolution not called conv... says its name: "1x1 conv 16 (gate)".
+    """
     attr = name.rsplit(".", 1)[-1]
     if isinstance(m, nn.Conv2d):
         kh, kw = m.kernel_size
         text = f"{kh}x{kw} conv {m.out_channels}{_stride(m.stride)}"
-        if not attr.startswith(("conv", "downsample")) and not attr.isdigit():
+        if tag and not attr.startswith("conv") and not attr.isdigit():
             text += f" ({attr})"
         return text
     if isinstance(m, nn.BatchNorm2d):
@@ -122,9 +138,9 @@ def _describe(name, m):
     return type(m).__name__
 
 
-def _leaves(name, module, skip=()):
-    """(qualified name, leaf module) under ``module`` in definition order, leaving out children in ``skip``."""
-    kids = [(n, m) for n, m in module.named_children() if n not in skip]
+def _leaves(name, module):
+    """(qualified name, leaf module) under ``module`` in definition order."""
+    kids = list(module.named_children())
     if not kids:
         yield name, module
         return
@@ -132,31 +148,37 @@ def _leaves(name, module, skip=()):
         yield from _leaves(f"{name}.{n}" if name else n, m)
 
 
-def _block_layers(name, block):
-    """The weight layers of a block's residual branch (its convolutions, as the paper's figures show)."""
-    leaves = list(_leaves(name, block, skip=("downsample",)))
+def _block_layers(name, block, shortcut):
+    """The weight layers of a block's residual branch (its convolutions, as the paper's figures show).
+
+    ``shortcut`` is the path of the block's shortcut module, whose layers are left out (None: none).
+    """
+    leaves = [(n, m) for n, m in _leaves(name, block)
+              if shortcut is None or not (n == shortcut or n.startswith(shortcut + "."))]
     convs = [_describe(n, m) for n, m in leaves if isinstance(m, nn.Conv2d)]
     return convs or [d for d in (_describe(n, m) for n, m in leaves) if d]
 
 
-def _shortcut(name, block):
-    """(style, label) of a block's shortcut: identity solid; a zero-pad or projection dashed."""
-    down = block.downsample
-    if down is None:
+def _shortcut(record, modules):
+    """(style, label) of a block's shortcut, from its record: the identity solid, anything else dashed."""
+    if record.identity:
         return "solid", "identity"
-    parts = [d for d in (_describe(n, m) for n, m in _leaves(f"{name}.downsample", down)) if d]
-    return "dashed", ", ".join(parts) or type(down).__name__
+    module = modules.get(record.shortcut_module)
+    if module is None:                 # computed by functional calls in the block's own forward
+        return "dashed", "shortcut"
+    parts = [d for d in (_describe(n, m, tag=False) for n, m in _leaves(record.shortcut_module, module)) if d]
+    return "dashed", ", ".join(parts) or type(module).__name__
 
 
-def _units(model):
-    """The model as a sequence: ("block", name, module) per residual block, ("leaf", name, module) otherwise."""
-    seen = set()
+def _units(model, blocks):
+    """The model as a sequence: ("block", name, module) per block (a path in ``blocks``), ("leaf", ...) otherwise."""
+    seen, root = set(), type(model).__name__
 
     def walk(name, module):
         if id(module) in seen:
             return
         seen.add(id(module))
-        if isinstance(module, ResidualBlock):
+        if (name or root) in blocks:
             yield "block", name, module
             return
         kids = list(module.named_children())
@@ -169,9 +191,30 @@ def _units(model):
     return list(walk("", model))
 
 
-def _output_shapes(model, input_shape):
-    """{id(module): output shape per image} from one forward pass on zeros (eval mode, restored after)."""
-    shape = _check_input_shape(input_shape)
+def _probe_shape(model):
+    """An input for a model given no input_shape: one PROBE_SIZE x PROBE_SIZE image, or one vector for an MLP.
+
+    The channels (or features) are those of the first Conv2d, BatchNorm2d or Linear in definition order.
+    32 x 32 goes through every model of minires.models, the ImageNet ones included (down to 1 x 1).
+    """
+    for _, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return (1, m.in_channels, PROBE_SIZE, PROBE_SIZE)
+        if isinstance(m, nn.BatchNorm2d):
+            return (1, m.num_features, PROBE_SIZE, PROBE_SIZE)
+        if isinstance(m, nn.Linear):
+            return (1, m.in_features)
+    raise ValueError(f"plot_model: finding the blocks of {type(model).__name__} takes a forward pass, and no "
+                     "first Conv2d or Linear tells its input; pass input_shape=(1, C, H, W)")
+
+
+def _forward(model, input_shape):
+    """One forward pass on zeros (eval mode and no_grad, the modes restored after), recording the residual adds.
+
+    Returns the records, {id(module): output shape per image}, and the input and output shapes per image.
+    Without ``input_shape`` the model is probed (``_probe_shape``); a probe that fails says so.
+    """
+    shape = _probe_shape(model) if input_shape is None else _check_input_shape(input_shape)
     named = list(model.named_modules())
     shapes = {}
 
@@ -183,30 +226,49 @@ def _output_shapes(model, input_shape):
     handles = [m.register_forward_hook(hook) for _, m in named]
     try:
         model.eval()
-        with no_grad():
+        with no_grad(), record_residuals(model) as records:
             out = model(_example_input(model, shape))
+    except Exception as exc:
+        if input_shape is not None:
+            raise
+        raise ValueError(f"plot_model: finding the blocks of {type(model).__name__} takes a forward pass, and "
+                         f"the probe input of shape {shape} failed ({type(exc).__name__}: {exc}); pass "
+                         "input_shape=(1, C, H, W) as your data has it") from exc
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
-    return shapes, tuple(int(s) for s in shape[1:]), tuple(int(s) for s in out.shape[1:])
+    return records, shapes, tuple(int(s) for s in shape[1:]), tuple(int(s) for s in out.shape[1:])
 
 
 def model_diagram(model, input_shape=None):
     """Build the diagram of ``model`` as data (a ``Diagram`` of nodes and styled edges), without drawing it.
 
-    Blocks are the ``ResidualBlock`` instances; the layers around them are grouped into stem, head and
-    (between blocks) "layers" boxes. With ``input_shape`` the boxes also show their output shapes.
+    Blocks are the modules whose forward ends in ``F.residual_add``, found by one forward pass on zeros of
+    ``input_shape`` (batch included) or, without it, of a probe: one 32x32 image with the first layer's
+    channels. The layers around the blocks are grouped into stem, head and (between blocks) "layers" boxes.
+    With ``input_shape`` the boxes also show their output shapes. A model without blocks is one chain of
+    layers, and the diagram's ``note`` says why (``plot_model`` also warns, and writes it under the title).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"plot_model: expected a minires.nn.Module, got {type(model).__name__}")
-    shapes, in_shape, out_shape = ({}, None, None) if input_shape is None else _output_shapes(model, input_shape)
+    records, shapes, in_shape, out_shape = _forward(model, input_shape)
+    if input_shape is None:            # a probe's shapes are not the user's: show none
+        shapes, in_shape, out_shape = {}, None, None
+    blocks = {}
+    for r in records:
+        if r.block is not None:
+            blocks.setdefault(r.block, r)  # a block called twice: its first call
+    note = _no_blocks_note(model, records)
+    if note:
+        note += ": drawn as a chain of layers, without blocks"
+    modules = dict(model.named_modules())
     top_level_containers = {n for n, m in model.named_children() if next(m.named_children(), None)}
 
     # group consecutive non-block layers that share a top-level container (or are top-level layers)
     groups = []
-    for kind, name, module in _units(model):
+    for kind, name, module in _units(model, blocks):
         if kind == "block":
             groups.append(("block", name, module))
             continue
@@ -230,12 +292,13 @@ def model_diagram(model, input_shape=None):
     for i, (kind, key, body) in enumerate(groups):
         if kind == "block":
             name, block = key or type(model).__name__, body
-            node = add_node("block", name, _block_layers(key, block), shapes.get(id(block)))
+            record = blocks[name]
+            node = add_node("block", name, _block_layers(key, block, record.shortcut_module), shapes.get(id(block)))
             edges.append(DiagramEdge(prev.id, node.id))
-            if block.residual:
+            if record.has_shortcut:
                 plus = add_node("add", f"{name}.add")
                 edges.append(DiagramEdge(node.id, plus.id))
-                style, label = _shortcut(key, block)
+                style, label = _shortcut(record, modules)
                 edges.append(DiagramEdge(prev.id, plus.id, "shortcut", style, label, name))
                 node = plus
             prev = node
@@ -259,7 +322,7 @@ def model_diagram(model, input_shape=None):
         prev = node
     out = add_node("output", "output", shape=out_shape)
     edges.append(DiagramEdge(prev.id, out.id))
-    return Diagram(type(model).__name__, nodes, edges)
+    return Diagram(type(model).__name__, nodes, edges, note=note)
 
 
 # ------------------------------------------------------------------ Graphviz
@@ -285,7 +348,7 @@ def to_dot(diagram):
         diagram = model_diagram(diagram)
     lines = [f"digraph {_dot_quote(diagram.model)} {{",
              '  graph [rankdir=TB, nodesep=0.4, ranksep=0.22, fontname="Helvetica", '
-             f'label={_dot_quote(diagram.model)}, labelloc=t];',
+             f'label={_dot_quote(diagram.title)}, labelloc=t];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, height=0.3, group=main];',
              '  edge [arrowsize=0.6, fontname="Helvetica", fontsize=8];']
     for node in diagram.nodes:
@@ -331,7 +394,8 @@ def _render_matplotlib(diagram, path, fmt):
         lines = wrapped[n.id].count("\n") + 1
         heights[n.id] = 2 * radius if n.kind == "add" else (
             line_h * lines + 0.08 if n.kind in ("input", "output") else line_h * lines + 0.2)
-    top = 0.55
+    note = textwrap.fill(diagram.note, 90)
+    top = 0.55 + (0.15 * (note.count("\n") + 1) if note else 0)
     total = top + sum(heights.values()) + gap * (len(diagram.nodes) - 1) + 0.3
     centre, cursor = {}, top
     for n in diagram.nodes:                             # y measured down from the top, then flipped
@@ -351,6 +415,8 @@ def _render_matplotlib(diagram, path, fmt):
     ax.set_ylim(0, total)
     ax.axis("off")
     ax.text(x0, total - 0.28, diagram.model, ha="center", va="center", fontsize=11, weight="bold")
+    if note:
+        ax.text(x0, total - 0.45, note, ha="center", va="top", fontsize=7, color="#9c1f1f")
 
     for n in diagram.nodes:
         y = centre[n.id]
@@ -391,7 +457,9 @@ def plot_model(model, path, input_shape=None, backend="auto"):
     return the ``Diagram`` drawn, whose edges carry the shortcut styles.
 
     ``backend="auto"`` uses Graphviz's ``dot`` where it is on PATH, else Matplotlib; "graphviz" or "matplotlib"
-    forces one. With ``input_shape`` (batch included) the boxes also show their output shapes.
+    forces one. The blocks are found by one forward pass (see ``model_diagram``), on zeros of ``input_shape``
+    (batch included; the boxes then show their output shapes too) or of a 32x32 probe image. A model with
+    no block is drawn as a chain of layers, with a warning and a note under the title.
     """
     if backend not in BACKENDS:
         raise ValueError(f"plot_model: backend must be one of {BACKENDS}, got {backend!r}")
@@ -402,6 +470,8 @@ def plot_model(model, path, input_shape=None, backend="auto"):
                          f"use one of {', '.join(sorted(FORMATS))}")
     fmt = FORMATS[ext]
     diagram = model_diagram(model, input_shape)
+    if diagram.note:
+        warnings.warn(f"plot_model: {diagram.note}", stacklevel=2)
     if fmt == "dot":
         if backend == "matplotlib":
             raise ValueError("plot_model: a .dot file is Graphviz source; choose .png, .svg or .pdf for matplotlib")

@@ -1,7 +1,9 @@
 """``summary(model, input_shape)``: a table of a model's layers, output shapes, parameters and multiply-adds.
 
 One forward pass on zeros, in eval mode and under ``no_grad``, with a forward
-hook on every module. Multiply-adds are counted per image, for ``Conv2d``
+hook on every module; ``record_residuals(model)`` in the same pass finds the
+residual blocks (the modules whose forward ends in ``F.residual_add``), whose
+rows are marked "+". Multiply-adds are counted per image, for ``Conv2d``
 (output elements x in_channels x kh x kw) and ``Linear`` (output elements x
 in_features) only: the convention of the ResNet paper's Table 1 and of
 torchvision's published GFLOPS, where batch norm, ReLU, pooling and the
@@ -15,7 +17,10 @@ import numpy as np
 from .. import nn
 from ..autograd import no_grad
 from ..backend import to_device
+from ..residual import record_residuals
 from ..tensor import Tensor
+
+BLOCK_MARK = " +"   # after the type of a row whose forward ends in F.residual_add
 
 
 @dataclass
@@ -24,7 +29,8 @@ class LayerRow:
 
     ``params`` and ``macs`` include everything under the module (a block's row
     sums its layers); ``output_shape`` is that of the module's first call
-    (None if the forward pass never called it).
+    (None if the forward pass never called it). ``block`` is True where the
+    module's forward ended in ``F.residual_add``: a residual block (or a plain one).
     """
 
     name: str
@@ -34,6 +40,7 @@ class LayerRow:
     params: int
     macs: int
     calls: int = 0
+    block: bool = False
 
 
 @dataclass(repr=False)
@@ -49,6 +56,8 @@ class SummaryResult:
     trainable_params: int
     total_macs: int                # multiply-adds per image, Conv2d and Linear only
     text: str = field(default="")
+    blocks: list = field(default_factory=list)   # paths of the modules whose forward ends in F.residual_add
+    note: str = ""                 # why ``blocks`` is empty, if it is
 
     def row(self, name):
         """The row of the module called ``name`` (e.g. "layer1.0.conv1"), whatever the depth."""
@@ -101,6 +110,27 @@ def _format_shape(shape):
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+def _no_blocks_note(model, records):
+    """Why ``model`` has no blocks (per its ``record_residuals(model)`` records), or "" when it has some."""
+    if any(r.block is not None for r in records):
+        return ""
+    note = f"no module of {type(model).__name__} ends in F.residual_add"
+    if records:
+        note += (f" (it calls F.residual_add {len(records)} times, but no module's forward returns the result; "
+                 "a block is a module whose forward ends in F.residual_add)")
+    return note
+
+
+def _blocks_line(blocks, records, note):
+    """The line under the totals: how many modules are residual blocks (how many of them plain), and which."""
+    if note:
+        return f"{'Residual blocks:':<22}none: {note}"
+    shown = ", ".join(blocks) if len(blocks) <= 4 else f"{blocks[0]}, {blocks[1]} ... {blocks[-1]}"
+    plain = len({r.block for r in records if r.block is not None and not r.has_shortcut})
+    kind = "" if not plain else f", {'all' if plain == len(blocks) else plain} plain (no shortcut)"
+    return f"{'Residual blocks (+):':<22}{len(blocks)}{kind}: {shown}"
+
+
 def _check_input_shape(input_shape):
     try:
         shape = tuple(input_shape)
@@ -126,7 +156,7 @@ def _example_input(model, shape):
 
 def _table(title, rows, totals):
     headers = ("Layer", "Type", "Output shape", "Params", "Mult-adds")
-    cells = [(("  " * (r.depth - 1)) + r.name, r.type, _format_shape(r.output_shape),
+    cells = [(("  " * (r.depth - 1)) + r.name, r.type + (BLOCK_MARK if r.block else ""), _format_shape(r.output_shape),
               f"{r.params:,}" if r.params else "--", format_count(r.macs) if r.macs else "--") for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     width = sum(widths) + 2 * (len(widths) - 1)
@@ -146,7 +176,8 @@ def summary(model, input_shape, depth=2, file=None):
 
     ``input_shape`` includes the batch dimension, e.g. (1, 3, 224, 224); ``depth`` chooses the rows shown
     (1: the model's children, 2: their children too, None: all) while the totals always cover every layer.
-    Prints to ``file`` (default stdout) and returns a ``SummaryResult``.
+    Rows of residual blocks (modules whose forward ends in ``F.residual_add``) are marked "+" and listed
+    under the totals. Prints to ``file`` (default stdout) and returns a ``SummaryResult``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary: expected a minires.nn.Module, got {type(model).__name__}")
@@ -169,7 +200,7 @@ def summary(model, input_shape, depth=2, file=None):
     handles = [m.register_forward_hook(hook) for _, m in named]
     try:
         model.eval()
-        with no_grad():
+        with no_grad(), record_residuals(model) as records:
             model(_example_input(model, shape))
     finally:
         for h in handles:
@@ -178,6 +209,7 @@ def summary(model, input_shape, depth=2, file=None):
             object.__setattr__(m, "training", mode)
 
     # a module's row covers everything under it (each shared module or parameter once)
+    blocks = list(dict.fromkeys(r.block for r in records if r.block is not None))
     all_rows = []
     for name, m in named[1:]:
         subtree = list(m.modules())
@@ -186,7 +218,7 @@ def summary(model, input_shape, depth=2, file=None):
             output_shape=stats[id(m)]["shape"],
             params=sum(p.size for p in m.parameters()),
             macs=sum(stats[id(s)]["macs"] for s in subtree),
-            calls=stats[id(m)]["calls"]))
+            calls=stats[id(m)]["calls"], block=name in blocks))
     rows = [r for r in all_rows if depth is None or r.depth <= depth]
 
     total_params = model.num_parameters()
@@ -198,8 +230,10 @@ def summary(model, input_shape, depth=2, file=None):
               f"{'Trainable params:':<22}{trainable:,}",
               f"{'Non-trainable params:':<22}{total_params - trainable:,}",
               f"{'Total multiply-adds:':<22}{format_count(total_macs)} ({total_macs:,}) per image"]
+    note = _no_blocks_note(model, records)
+    totals.append(_blocks_line(blocks, records, note))
     text = _table(title, rows, totals)
     print(text, file=sys.stdout if file is None else file)
     return SummaryResult(model=type(model).__name__, input_shape=shape, depth=depth, rows=rows,
                          all_rows=all_rows, total_params=total_params, trainable_params=trainable,
-                         total_macs=total_macs, text=text)
+                         total_macs=total_macs, text=text, blocks=blocks, note=note)
