@@ -19,6 +19,7 @@ import io
 import json
 import os
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -277,7 +278,9 @@ class Run:
         from .viz.gradflow import gradient_flow, plot_block_contributions
         images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False, device=self.device)))
         self.model.eval()  # running statistics stay as trained (BN's backward works in eval mode)
-        flow = gradient_flow(self.model, images, labels)
+        with warnings.catch_warnings():  # a model without residual adds (DenseNet) just gets no figure
+            warnings.simplefilter("ignore", UserWarning)
+            flow = gradient_flow(self.model, images, labels)
         self.model.zero_grad()
         if not flow.blocks:
             return
