@@ -20,9 +20,12 @@ INTERFACE = (
     "conv2d_backward_weight",
     "residual_add_forward",
     "residual_add_backward",
-    "batch_norm_stats",
-    "batch_norm_forward",
-    "batch_norm_backward",
+    # Batch norm: the op (minires.functional) folds (x - mean) * invstd * weight + bias into one
+    # per-channel scale and shift and chooses training or eval; the kernels do the per-element work.
+    "batch_norm_stats",           # (x) -> (mean, var), biased, per channel over (N, H, W)
+    "batch_norm_forward",         # (x, scale, shift) -> x * scale + shift; in eval also dx = dy * scale
+    "batch_norm_grad_sums",       # (dy, x, mean, invstd) -> (dbias, dweight), per-channel sums over (N, H, W)
+    "batch_norm_backward_input",  # (dy, x, mean, invstd, scale, dbias, dweight) -> dx, with batch statistics
     "max_pool2d_forward",
     "max_pool2d_backward",
     "avg_pool2d_forward",

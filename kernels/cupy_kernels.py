@@ -18,16 +18,13 @@ import math
 import cupy
 import numpy as np
 
+from ._index import conv_output_size
+
 if not cupy.is_available():
     raise ImportError("cupy is installed but finds no usable CUDA GPU")
 
 NAME = "cupy"
 THREADS = 256  # threads per block
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length of a convolution or pooling window along one axis."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 # ---------------------------------------------------------------- the window kernels, in CUDA C
@@ -309,30 +306,23 @@ def batch_norm_stats(x):
     return mean, var
 
 
-def batch_norm_forward(x, mean, invstd, weight, bias):
-    """y = (x - mean) * invstd * weight + bias, per channel."""
-    scale = invstd if weight is None else invstd * weight
-    shift = -mean * scale if bias is None else bias - mean * scale
+def batch_norm_forward(x, scale, shift):
+    """y = x * scale + shift, per channel."""
     return _affine(x, _per_channel(scale), _per_channel(shift))
 
 
-def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
-    """Returns (dx, dweight, dbias).
-
-    Training (batch statistics depend on x):
-    dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
-    Eval (running statistics are constants): dx = dy * weight * invstd.
-    """
-    m = x.dtype.type(grad_out.size // grad_out.shape[1])
+def batch_norm_grad_sums(grad_out, x, mean, invstd):
+    """(dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W), xhat = (x - mean) * invstd."""
     dbias = _channel_sum(grad_out, axis=_AXES)
     dweight = _channel_dy_xhat(grad_out, x, _per_channel(mean), _per_channel(invstd), axis=_AXES)
-    scale = invstd if weight is None else invstd * weight
-    if training:
-        dx = _bn_backward_dx(grad_out, x, _per_channel(mean), _per_channel(invstd), _per_channel(scale),
-                             _per_channel(dbias / m), _per_channel(dweight / m))
-    else:
-        dx = _affine(grad_out, _per_channel(scale), x.dtype.type(0))
-    return dx, dweight, dbias
+    return dbias, dweight
+
+
+def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
+    """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient with batch statistics."""
+    m = x.dtype.type(grad_out.size // grad_out.shape[1])
+    return _bn_backward_dx(grad_out, x, _per_channel(mean), _per_channel(invstd), _per_channel(scale),
+                           _per_channel(dbias / m), _per_channel(dweight / m))
 
 
 # ---------------------------------------------------------------- pooling

@@ -23,6 +23,7 @@ import numpy as np
 from numba import config, cuda
 
 from . import _index
+from ._index import conv_output_size
 
 try:
     import cupy
@@ -48,8 +49,6 @@ if cupy is not None and "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" not in os.environ:
     config.CUDA_ARRAY_INTERFACE_SYNC = _cuda_config.CUDA_ARRAY_INTERFACE_SYNC = 0
 
 NAME = "numba-cuda"
-
-conv_output_size = _index.conv_output_size
 
 # The simulator runs each GPU thread as a Python thread: keep its blocks small.
 THREADS = 32 if config.ENABLE_CUDASIM else 256  # threads per block (a power of two: the reductions halve it)
@@ -336,27 +335,6 @@ def batch_norm_stats(x):
 
 
 @cuda.jit
-def _bn_scale_shift_kernel(mean, invstd, weight, bias, has_weight, has_bias, scale, shift):
-    """Thread c: scale = invstd * weight (or invstd), shift = bias - mean * scale (or -mean * scale)."""
-    c = cuda.grid(1)
-    if c >= scale.size:
-        return
-    s = invstd[c] * weight[c] if has_weight else invstd[c]
-    scale[c] = s
-    shift[c] = (bias[c] if has_bias else 0) - mean[c] * s
-
-
-def _scale_shift(mean, invstd, weight, bias):
-    """Per-channel scale and shift of y = x * scale + shift (a missing weight or bias is 1 or 0)."""
-    c = invstd.shape[0]
-    scale, shift = _empty(invstd, (c,), invstd.dtype), _empty(invstd, (c,), invstd.dtype)
-    _launch(_bn_scale_shift_kernel, c)(mean, invstd, invstd if weight is None else weight,
-                                       invstd if bias is None else bias,
-                                       weight is not None, bias is not None, scale, shift)
-    return scale, shift
-
-
-@cuda.jit
 def _channel_affine_kernel(x, scale, shift, y):
     """Thread (n, c, iy, ix): y = x * scale[c] + shift[c]."""
     k = cuda.grid(1)
@@ -367,9 +345,8 @@ def _channel_affine_kernel(x, scale, shift, y):
     y[n, c, iy, ix] = x[n, c, iy, ix] * scale[c] + shift[c]
 
 
-def batch_norm_forward(x, mean, invstd, weight, bias):
-    """y = (x - mean) * invstd * weight + bias, per channel."""
-    scale, shift = _scale_shift(mean, invstd, weight, bias)
+def batch_norm_forward(x, scale, shift):
+    """y = x * scale + shift, per channel."""
     y = _empty(x, x.shape, x.dtype)
     _launch(_channel_affine_kernel, y.size)(x, scale, shift, y)
     return y
@@ -395,37 +372,32 @@ def _bn_grad_sums_kernel(grad_out, x, mean, invstd, dbias, dweight):
         dweight[c] = sum_dy_xhat
 
 
-@cuda.jit
-def _bn_backward_dx_kernel(grad_out, x, mean, invstd, scale, dbias, dweight, training, dx):
-    """Thread (n, c, iy, ix): dx = (dy - dbias/M - xhat * dweight/M) * scale (training) or dy * scale (eval)."""
-    k = cuda.grid(1)
-    n_, channels, h, w = x.shape
-    if k >= x.size:
-        return
-    n, c, iy, ix = _unravel4(k, channels, h, w)
-    dy = grad_out[n, c, iy, ix]
-    if training:
-        m = n_ * h * w
-        xhat = (x[n, c, iy, ix] - mean[c]) * invstd[c]
-        dx[n, c, iy, ix] = (dy - dbias[c] / m - xhat * (dweight[c] / m)) * scale[c]
-    else:
-        dx[n, c, iy, ix] = dy * scale[c]
-
-
-def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
-    """Returns (dx, dweight, dbias).
-
-    Training (batch statistics depend on x):
-    dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
-    Eval (running statistics are constants): dx = dy * weight * invstd.
-    """
+def batch_norm_grad_sums(grad_out, x, mean, invstd):
+    """(dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W), xhat = (x - mean) * invstd."""
     c = x.shape[1]
     dbias, dweight = _empty(x, (c,), x.dtype), _empty(x, (c,), x.dtype)
     _bn_grad_sums_kernel[c, THREADS](grad_out, x, mean, invstd, dbias, dweight)
-    scale, _ = _scale_shift(mean, invstd, weight, None)
+    return dbias, dweight
+
+
+@cuda.jit
+def _bn_backward_dx_kernel(grad_out, x, mean, invstd, scale, dbias, dweight, dx):
+    """Thread (n, c, iy, ix): dx = (dy - dbias/M - xhat * dweight/M) * scale, xhat = (x - mean) * invstd."""
+    k = cuda.grid(1)
+    _, channels, h, w = x.shape
+    if k >= x.size:
+        return
+    n, c, iy, ix = _unravel4(k, channels, h, w)
+    m = x.size // channels  # N*H*W
+    xhat = (x[n, c, iy, ix] - mean[c]) * invstd[c]
+    dx[n, c, iy, ix] = (grad_out[n, c, iy, ix] - dbias[c] / m - xhat * (dweight[c] / m)) * scale[c]
+
+
+def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
+    """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient with batch statistics."""
     dx = _empty(x, x.shape, x.dtype)
-    _launch(_bn_backward_dx_kernel, dx.size)(grad_out, x, mean, invstd, scale, dbias, dweight, training, dx)
-    return dx, dweight, dbias
+    _launch(_bn_backward_dx_kernel, dx.size)(grad_out, x, mean, invstd, scale, dbias, dweight, dx)
+    return dx
 
 
 # ---------------------------------------------------------------- pooling

@@ -15,12 +15,9 @@ copies or no copy at all.
 """
 import numpy as np
 
+from ._index import conv_output_size  # (size + 2*padding - kernel) // stride + 1, along one axis
+
 NAME = "numpy"
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length of a convolution or pooling window along one axis."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def _pad(x, ph, pw, value=0.0):
@@ -168,43 +165,50 @@ def batch_norm_stats(x):
     # END EXERCISE
 
 
-def batch_norm_forward(x, mean, invstd, weight, bias):
-    """y = (x - mean) * invstd * weight + bias, per channel."""
+def batch_norm_forward(x, scale, shift):
+    """y = x * scale + shift, per channel: the op folds (x - mean) * invstd * weight + bias into one scale and shift."""
     # BEGIN EXERCISE bn.normalize
-    # HINT: weight and bias may be None (no affine part); mean, invstd, weight and bias have shape (C,):
-    # HINT: broadcast them over (N, C, H, W) with [None, :, None, None].
-    scale = invstd if weight is None else invstd * weight
-    shift = -mean * scale if bias is None else bias - mean * scale
-    return x * scale[None, :, None, None] + shift[None, :, None, None]
+    # HINT: scale and shift have shape (C,): broadcast them over (N, C, H, W) with [None, :, None, None].
+    y = x * scale[None, :, None, None]
+    y += shift[None, :, None, None]  # in place: one temporary less
+    return y
     # END EXERCISE
 
 
-def batch_norm_backward(grad_out, x, mean, invstd, weight, training):
-    # BEGIN EXERCISE bn.backward
-    # HINT: return (dx, dweight, dbias) for y = (x - mean) * invstd * weight + bias (weight None: 1);
-    # HINT: in training mean and invstd are the batch's own statistics, so they depend on x too;
-    # HINT: in eval (training False) they are constants. Write dx with sums over (N, H, W), no loops.
-    """Returns (dx, dweight, dbias).
+def batch_norm_grad_sums(grad_out, x, mean, invstd):
+    # BEGIN EXERCISE bn.grad_sums
+    # HINT: return (dbias, dweight), each of shape (C,): the gradients with respect to bias and weight of
+    # HINT: sum(y * grad_out) for y = xhat * weight + bias, xhat = (x - mean) * invstd. No loops: sums over (N, H, W).
+    """Returns (dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W).
 
-    With batch statistics (training) the mean and variance depend on x:
-    dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
-    With running statistics (eval) they are constants: dx = dy * weight * invstd.
+    The same in training and in eval: only xhat's statistics differ.
     """
     axes = (0, 2, 3)
-    m = grad_out.size // grad_out.shape[1]
     xhat = x - mean[None, :, None, None]
     xhat *= invstd[None, :, None, None]  # in place (here and below): one temporary less per step
-    dbias = grad_out.sum(axis=axes)
-    dweight = (grad_out * xhat).sum(axis=axes)
-    scale = invstd if weight is None else invstd * weight
-    if training:
-        dx = grad_out - (dbias / m)[None, :, None, None]
-        xhat *= (dweight / m)[None, :, None, None]
-        dx -= xhat
-        dx *= scale[None, :, None, None]
-    else:
-        dx = grad_out * scale[None, :, None, None]
-    return dx, dweight, dbias
+    return grad_out.sum(axis=axes), (grad_out * xhat).sum(axis=axes)
+    # END EXERCISE
+
+
+def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
+    # BEGIN EXERCISE bn.backward
+    # HINT: return dx for y = xhat * weight + bias, xhat = (x - mean) * invstd, where mean and invstd are the
+    # HINT: batch's own statistics, so they depend on x too; scale = invstd * weight, and dbias, dweight are
+    # HINT: batch_norm_grad_sums' results. Per-channel broadcasts, no loops.
+    """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient in training.
+
+    The batch's mean and variance depend on x, which brings the two mean
+    terms. (In eval the statistics are constants and the op needs only
+    dx = dy * scale.)
+    """
+    m = grad_out.size // grad_out.shape[1]
+    xhat = x - mean[None, :, None, None]
+    xhat *= invstd[None, :, None, None]
+    dx = grad_out - (dbias / m)[None, :, None, None]
+    xhat *= (dweight / m)[None, :, None, None]
+    dx -= xhat
+    dx *= scale[None, :, None, None]
+    return dx
     # END EXERCISE
 
 

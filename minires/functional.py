@@ -99,16 +99,23 @@ class BatchNormFunction(Function):
         # END EXERCISE
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
         mean = mean.astype(x.dtype)
-        self.x, self.mean, self.invstd, self.weight = x, mean, invstd, weight
-        self.has_affine = weight is not None
-        return self.kernels.batch_norm_forward(x, mean, invstd, weight, bias)
+        # (x - mean) * invstd * weight + bias = x * scale + shift, per channel
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        self.x, self.mean, self.invstd, self.scale = x, mean, invstd, scale
+        return self.kernels.batch_norm_forward(x, scale, shift)
 
     def backward(self, grad):
-        dx, dw, db = self.kernels.batch_norm_backward(grad, self.x, self.mean, self.invstd,
-                                                      self.weight, self.training)
-        if not self.has_affine:
-            return dx, None, None
-        return dx, dw, db
+        k, x, mean, invstd = self.kernels, self.x, self.mean, self.invstd
+        need_x, need_weight, need_bias = self.needs_input_grad
+        dx = dweight = dbias = None
+        if need_weight or need_bias or (need_x and self.training):
+            dbias, dweight = k.batch_norm_grad_sums(grad, x, mean, invstd)
+        if need_x and self.training:  # the batch's mean and variance depend on x: two more terms
+            dx = k.batch_norm_backward_input(grad, x, mean, invstd, self.scale, dbias, dweight)
+        elif need_x:  # the running statistics are constants: dx = dy * scale
+            dx = k.batch_norm_forward(grad, self.scale, array_module(grad).zeros_like(self.scale))
+        return dx, dweight if need_weight else None, dbias if need_bias else None
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,

@@ -24,6 +24,7 @@ import minires.functional as F  # noqa: E402
 from minires import Tensor, kernels  # noqa: E402
 from minires.kernels import BackendUnavailable  # noqa: E402
 from minires.course import is_removed  # noqa: E402
+from minires.kernels import _index  # noqa: E402
 from minires.kernels import numpy_ref as ref  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,14 +135,13 @@ def normal(seed, shape, dtype=np.float32):
 def out_shape(win, channels=None):
     (n, c, h, w), (kh, kw), (sh, sw), (ph, pw) = win["shape"], win["kernel"], win["stride"], win["padding"]
     return (n, c if channels is None else channels,
-            ref.conv_output_size(h, kh, sh, ph), ref.conv_output_size(w, kw, sw, pw))
+            _index.conv_output_size(h, kh, sh, ph), _index.conv_output_size(w, kw, sw, pw))
 
 
 # ---------------------------------------------------------------- the shared index helpers
 
 def test_index_helpers_agree_with_brute_force():
     """tap_output inverts tap_input, inside_range is exactly the taps that miss the padding, unravel inverts ravel."""
-    from minires.kernels import _index
     for size in range(1, 7):
         for kernel in range(1, 5):
             for stride in range(1, 4):
@@ -229,7 +229,7 @@ def test_conv2d_on_a_batch_larger_than_the_thread_count(backend):
 @pytest.mark.parametrize("cblas", ["numpy's cblas", "np.dot"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, dtype):
-    """numba_cpu's convolutions by each route: unfolded rows or (stride 1) shifted windows (a plain
+    """numba_cpu's convolutions by each route of numba_conv: unfolded rows or (stride 1) shifted windows (a plain
     1x1 takes the pointwise GEMMs either way), and NumPy's own CBLAS when found or np.dot. Every
     route must match the reference.
 
@@ -239,10 +239,11 @@ def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, 
     that means nothing.
     """
     numba_cpu = _load_or_skip("numba")
-    monkeypatch.setattr(numba_cpu, "_SHIFTED_MIN_CHANNELS", 1 if layout == "shifted" else 10**9)
+    from minires.kernels import numba_conv
+    monkeypatch.setattr(numba_conv, "SHIFTED_MIN_CHANNELS", 1 if layout == "shifted" else 10**9)
     if cblas == "np.dot":
-        monkeypatch.setattr(numba_cpu, "_CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
-    elif numba_cpu._CBLAS[np.dtype(dtype)][0] == 0:
+        monkeypatch.setattr(numba_conv, "CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
+    elif numba_conv.CBLAS[np.dtype(dtype)][0] == 0:
         pytest.skip("NumPy's BLAS here is not a scipy-openblas build; np.dot serves every GEMM")
     cases = [(5, 16, 12, 12, 32, 3, 3, 1, 1), (5, 16, 12, 12, 32, 3, 3, 2, 1),
              (4, 24, 7, 7, 8, 1, 1, 1, 0), (3, 8, 6, 5, 4, 1, 1, 1, 1), (3, 8, 6, 5, 4, 1, 1, 2, 0),  # 1x1s
@@ -300,26 +301,36 @@ def test_batch_norm_stats(backend, win, seed, dtype, offset):
         close(got, want, rtol=1e-4)
 
 
-@given(win=windows(), seed=seeds, dtype=dtypes, affine=st.booleans())
-def test_batch_norm_forward(backend, win, seed, dtype, affine):
+@given(win=windows(), seed=seeds, dtype=dtypes)
+def test_batch_norm_forward(backend, win, seed, dtype):
+    """y = x * scale + shift per channel (the op folds the statistics, weight and bias into scale and shift)."""
     x = normal(seed, win["shape"], dtype)
-    mean, invstd = _statistics(x)
     c = win["shape"][1]
-    weight, bias = (normal(seed + 1, c, dtype), normal(seed + 2, c, dtype)) if affine else (None, None)
-    close(backend("batch_norm_forward", x, mean, invstd, weight, bias),
-          ref.batch_norm_forward(x, mean, invstd, weight, bias))
+    scale, shift = normal(seed + 1, c, dtype), normal(seed + 2, c, dtype)
+    close(backend("batch_norm_forward", x, scale, shift), ref.batch_norm_forward(x, scale, shift))
 
 
-@given(win=windows(), seed=seeds, dtype=dtypes, affine=st.booleans(), training=st.booleans())
-def test_batch_norm_backward(backend, win, seed, dtype, affine, training):
+@given(win=windows(), seed=seeds, dtype=dtypes)
+def test_batch_norm_grad_sums(backend, win, seed, dtype):
     x = normal(seed, win["shape"], dtype)
     grad = normal(seed + 1, win["shape"], dtype)
     mean, invstd = _statistics(x)
-    weight = normal(seed + 2, win["shape"][1], dtype) if affine else None
-    got = backend("batch_norm_backward", grad, x, mean, invstd, weight, training)
-    want = ref.batch_norm_backward(grad, x, mean, invstd, weight, training)
-    for name, g, w in zip(("dx", "dweight", "dbias"), got, want):
+    got = backend("batch_norm_grad_sums", grad, x, mean, invstd)
+    want = ref.batch_norm_grad_sums(grad, x, mean, invstd)
+    assert isinstance(got, tuple) and len(got) == 2
+    for name, g, w in zip(("dbias", "dweight"), got, want):
         close(g, w, rtol=1e-4, atol=1e-4, what=name)
+
+
+@given(win=windows(), seed=seeds, dtype=dtypes)
+def test_batch_norm_backward_input(backend, win, seed, dtype):
+    x = normal(seed, win["shape"], dtype)
+    grad = normal(seed + 1, win["shape"], dtype)
+    mean, invstd = _statistics(x)
+    scale = invstd * normal(seed + 2, win["shape"][1], dtype)
+    dbias, dweight = ref.batch_norm_grad_sums(grad, x, mean, invstd)
+    close(backend("batch_norm_backward_input", grad, x, mean, invstd, scale, dbias, dweight),
+          ref.batch_norm_backward_input(grad, x, mean, invstd, scale, dbias, dweight), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- pooling

@@ -48,16 +48,22 @@ def test_batch_norm_stats_of_one_pixel_images():
 
 # ---------------------------------------------------------------- bn.normalize
 
+def affine_loop(x, scale, shift):
+    """y[:, c] = x[:, c] * scale[c] + shift[c], channel by channel in float64."""
+    y = np.zeros(x.shape)
+    for ch in range(x.shape[1]):
+        y[:, ch] = x[:, ch].astype(np.float64) * float(scale[ch]) + float(shift[ch])
+    return y
+
+
 @pytest.mark.exercise("bn.normalize")
-@pytest.mark.parametrize("affine", ["weight-and-bias", "weight-only", "bias-only", "none"])
-def test_batch_norm_forward_matches_the_loop(affine):
-    x = normal(SHAPE, seed=2)
-    mean, invstd = normal((4,), seed=3), np.abs(normal((4,), seed=4)) + 0.5
-    weight = normal((4,), seed=5) if affine in ("weight-and-bias", "weight-only") else None
-    bias = normal((4,), seed=6) if affine in ("weight-and-bias", "bias-only") else None
-    got = ref.batch_norm_forward(x, mean, invstd, weight, bias)
-    check_array(got, batch_norm_loop(x, mean, invstd, weight, bias),
-                f"batch_norm_forward with {affine} (x of shape {SHAPE})", rtol=1e-5, atol=1e-5, dtype=np.float32)
+@pytest.mark.parametrize("shape", [SHAPE, (5, 3, 1, 1)], ids=["images", "one-pixel"])
+def test_batch_norm_forward_matches_the_loop(shape):
+    x = normal(shape, seed=2)
+    scale, shift = normal((shape[1],), seed=3), normal((shape[1],), seed=4)
+    got = ref.batch_norm_forward(x, scale, shift)
+    check_array(got, affine_loop(x, scale, shift), f"batch_norm_forward(x of shape {shape}, scale, shift)",
+                rtol=1e-5, atol=1e-5, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- bn.forward
@@ -69,7 +75,7 @@ def _run_forward(monkeypatch, training, with_running=True, momentum=0.1):
     rm = normal((4,), seed=10, dtype=np.float64) if with_running else None
     rv = np.abs(normal((4,), seed=11, dtype=np.float64)) + 0.5 if with_running else None
     before = (None if rm is None else rm.copy(), None if rv is None else rv.copy())
-    y = F.BatchNorm().forward(x, weight, bias, rm, rv, training, momentum, EPS)
+    y = F.BatchNormFunction().forward(x, weight, bias, rm, rv, training, momentum, EPS)
     return x, weight, bias, rm, rv, before, y
 
 
@@ -117,51 +123,76 @@ def test_forward_matches_pytorch(monkeypatch):
     check_array(rv, trv.numpy(), "running_var against PyTorch's", rtol=1e-10)
 
 
-# ---------------------------------------------------------------- bn.backward
+# ---------------------------------------------------------------- bn.grad_sums and bn.backward
 
-def _backward_case(training, affine=True):
-    x = normal((2, 3, 3, 4), seed=12, dtype=np.float64, loc=0.5, scale=2.0)
-    weight = normal((3,), seed=13, dtype=np.float64) if affine else None
-    bias = normal((3,), seed=14, dtype=np.float64)
-    r = normal(x.shape, seed=15, dtype=np.float64)
+def _backward_case(training, affine=True, shape=(2, 3, 3, 4)):
+    """x, weight, bias, R, the statistics and the loss sum(batch_norm(x) * R) as a function of no arguments."""
+    x = normal(shape, seed=12, dtype=np.float64, loc=0.5, scale=2.0)
+    c = shape[1]
+    weight = normal((c,), seed=13, dtype=np.float64) if affine else None
+    bias = normal((c,), seed=14, dtype=np.float64)
+    r = normal(shape, seed=15, dtype=np.float64)
     if training:
         def loss():
             return float(np.sum(batch_norm_train_loop(x, weight, bias, EPS) * r))
         mean, var = channel_stats_loop(x)
     else:
-        mean, var = normal((3,), seed=16, dtype=np.float64), np.abs(normal((3,), seed=17, dtype=np.float64)) + 0.3
+        mean, var = normal((c,), seed=16, dtype=np.float64), np.abs(normal((c,), seed=17, dtype=np.float64)) + 0.3
 
         def loss():
             return float(np.sum(batch_norm_loop(x, mean, 1 / np.sqrt(var + EPS), weight, bias) * r))
-    invstd = 1 / np.sqrt(var + EPS)
-    got = ref.batch_norm_backward(r, x, mean, invstd, weight, training)
-    if not isinstance(got, tuple) or len(got) != 3:
-        pytest.fail("batch_norm_backward must return a triple (dx, dweight, dbias)", pytrace=False)
-    return x, weight, bias, loss, got
+    return x, weight, bias, r, mean, 1 / np.sqrt(var + EPS), loss
 
 
-@pytest.mark.exercise("bn.backward")
+def _grad_sums(r, x, mean, invstd):
+    got = ref.batch_norm_grad_sums(r, x, mean, invstd)
+    if not isinstance(got, tuple) or len(got) != 2:
+        pytest.fail("batch_norm_grad_sums must return a pair (dbias, dweight)", pytrace=False)
+    return got
+
+
+def _sums_loop(r, x, mean, invstd):
+    """(sum(dy), sum(dy * xhat)) per channel, by the tests' own loop: what batch_norm_backward_input is given."""
+    dbias, dweight = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for ch in range(x.shape[1]):
+        dbias[ch] = r[:, ch].sum()
+        dweight[ch] = (r[:, ch] * (x[:, ch] - mean[ch]) * invstd[ch]).sum()
+    return dbias, dweight
+
+
+@pytest.mark.exercise("bn.grad_sums")
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
-def test_batch_norm_backward_matches_finite_differences(training):
-    x, weight, bias, loss, (dx, dweight, dbias) = _backward_case(training)
+def test_batch_norm_grad_sums_match_finite_differences(training):
+    x, weight, bias, r, mean, invstd, loss = _backward_case(training)
+    dbias, dweight = _grad_sums(r, x, mean, invstd)
     mode = "training" if training else "eval"
-    check_array(dx, numerical_gradient(loss, x), f"dx of batch_norm_backward in {mode} mode (against finite "
-                "differences of sum(y * R))", rtol=1e-5, atol=1e-6)
-    check_array(dweight, numerical_gradient(loss, weight), f"dweight of batch_norm_backward in {mode} mode",
-                rtol=1e-5, atol=1e-6)
-    check_array(dbias, numerical_gradient(loss, bias), f"dbias of batch_norm_backward in {mode} mode",
+    check_array(dweight, numerical_gradient(loss, weight), f"dweight of batch_norm_grad_sums in {mode} mode "
+                "(against finite differences of sum(y * R))", rtol=1e-5, atol=1e-6)
+    check_array(dbias, numerical_gradient(loss, bias), f"dbias of batch_norm_grad_sums in {mode} mode",
                 rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.exercise("bn.backward")
-def test_batch_norm_backward_without_weight():
-    x, _, _, loss, (dx, _, _) = _backward_case(True, affine=False)
-    check_array(dx, numerical_gradient(loss, x), "dx of batch_norm_backward with weight=None (training mode)",
-                rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("affine", [True, False], ids=["weight", "no-weight"])
+def test_batch_norm_backward_input_matches_finite_differences(affine):
+    x, weight, _, r, mean, invstd, loss = _backward_case(True, affine=affine)
+    scale = invstd if weight is None else invstd * weight
+    dx = ref.batch_norm_backward_input(r, x, mean, invstd, scale, *_sums_loop(r, x, mean, invstd))
+    what = "weight" if affine else "weight=None (scale = invstd)"
+    check_array(dx, numerical_gradient(loss, x), f"dx of batch_norm_backward_input with {what} (against finite "
+                "differences of sum(y * R), batch statistics)", rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.exercise("bn.backward")
-def test_batch_norm_backward_matches_pytorch():
+def test_batch_norm_backward_input_of_one_pixel_images():
+    x, weight, _, r, mean, invstd, loss = _backward_case(True, shape=(6, 2, 1, 1))
+    dx = ref.batch_norm_backward_input(r, x, mean, invstd, invstd * weight, *_sums_loop(r, x, mean, invstd))
+    check_array(dx, numerical_gradient(loss, x), "dx of batch_norm_backward_input over a batch of 1x1 images",
+                rtol=1e-5, atol=1e-6)
+
+
+def _pytorch_case():
+    """x, weight, R, and PyTorch's gradients of sum(batch_norm(x) * R) in training (dx, dweight, dbias)."""
     torch = pytest.importorskip("torch")
     x = normal(SHAPE, seed=18, dtype=np.float64, loc=-1.0, scale=0.5)
     weight, bias = normal((4,), seed=19, dtype=np.float64), normal((4,), seed=20, dtype=np.float64)
@@ -170,7 +201,19 @@ def test_batch_norm_backward_matches_pytorch():
     y = torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=EPS)
     (y * torch.tensor(r)).sum().backward()
     mean, var = channel_stats_loop(x)
-    dx, dweight, dbias = ref.batch_norm_backward(r, x, mean, 1 / np.sqrt(var + EPS), weight, True)
-    check_array(dx, tx.grad.numpy(), "dx of batch_norm_backward against PyTorch", rtol=1e-7, atol=1e-9)
-    check_array(dweight, tw.grad.numpy(), "dweight against PyTorch", rtol=1e-7, atol=1e-9)
-    check_array(dbias, tb.grad.numpy(), "dbias against PyTorch", rtol=1e-7, atol=1e-9)
+    return x, weight, r, mean, 1 / np.sqrt(var + EPS), (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())
+
+
+@pytest.mark.exercise("bn.grad_sums")
+def test_batch_norm_grad_sums_match_pytorch():
+    x, _, r, mean, invstd, (_, want_dweight, want_dbias) = _pytorch_case()
+    dbias, dweight = _grad_sums(r, x, mean, invstd)
+    check_array(dweight, want_dweight, "dweight of batch_norm_grad_sums against PyTorch", rtol=1e-7, atol=1e-9)
+    check_array(dbias, want_dbias, "dbias of batch_norm_grad_sums against PyTorch", rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.exercise("bn.backward")
+def test_batch_norm_backward_input_matches_pytorch():
+    x, weight, r, mean, invstd, (want_dx, _, _) = _pytorch_case()
+    dx = ref.batch_norm_backward_input(r, x, mean, invstd, invstd * weight, *_sums_loop(r, x, mean, invstd))
+    check_array(dx, want_dx, "dx of batch_norm_backward_input against PyTorch", rtol=1e-7, atol=1e-9)

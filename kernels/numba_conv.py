@@ -1,0 +1,424 @@
+"""The tuned convolution routes of the Numba CPU backend, chosen by the convolution's shape.
+
+The reference unfolds the whole batch into one (C*kh*kw, N*OH*OW) matrix and
+runs one big GEMM. Here each thread takes one sample at a time and keeps
+everything it touches in its core's cache, and runs that sample's GEMMs with
+a single-threaded BLAS (``numba_blas``). Three routes, by the shape of the
+convolution (``geometry`` picks one; ``numba_cpu``'s conv2d functions
+dispatch to it):
+
+- unfolded rows (strided windows, and images with few channels): the sample
+  is unfolded pixel-major, one row of kh*kw*C numbers per output pixel;
+- shifted windows (stride 1): no unfolding, one GEMM per tap on shifted
+  blocks of the image;
+- pointwise (1x1, stride 1, no padding): one GEMM on the image as it lies.
+
+Each route has a forward, an input gradient and a weight gradient with the
+arguments of the public kernels less what ``geometry`` already holds.
+"""
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import _index
+from .numba_blas import CBLAS, blas_threads, gemm
+
+
+def _c(a):
+    """``a`` as a C-contiguous array (no copy when it already is one), so each kernel compiles once."""
+    return np.ascontiguousarray(a)
+
+
+# ---------------------------------------------------------------- the route's shape
+
+SHIFTED_MIN_CHANNELS = 8  # fewer input channels make each tap's GEMM too thin: unfold rows instead
+
+
+class Geometry(NamedTuple):
+    """A convolution's sizes, its route and its per-thread scratch shapes (see ``geometry``)."""
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+    k: int          # kh*kw*C: the length of an unfolded row
+    threads: int
+    pointwise: bool
+    shifted: bool
+    z: int          # zero columns before each scratch row's pixels
+    padded: tuple   # (threads, Hp, Wp, C): the HWC scratch images
+    grid: tuple     # (threads, OH*Wp, O): the shifted route's output grids
+
+
+def geometry(x_shape, weight_shape, stride, padding):
+    """A convolution's sizes, the route that serves it and its scratch shapes.
+
+    pointwise: a 1x1 convolution with stride 1 and no padding (served on NCHW
+    as it lies); shifted: the stride-1 shifted-window GEMMs serve it; padded:
+    the per-thread HWC scratch image (when shifted, rows of z zeros then the
+    pixels, and spare rows that the last taps' blocks run into); grid: the
+    per-thread (OH*Wp, O) output grid.
+    """
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x_shape
+    o, _, kh, kw = weight_shape
+    oh, ow = _index.conv_output_size(h, kh, sh, ph), _index.conv_output_size(w, kw, sw, pw)
+    threads = numba.get_num_threads()
+    pointwise = kh == kw == sh == sw == 1 and ph == pw == 0
+    shifted = sh == sw == 1 and c >= SHIFTED_MIN_CHANNELS and not pointwise
+    if shifted:  # Z zero columns before each row's pixels pad both sides; spare rows take the last taps' overrun
+        z = max(pw, ow - w)
+        wp = w + z
+        hp = h + 2 * ph + -(-(kw + z) // wp)
+    else:
+        z, hp, wp = pw, h + 2 * ph, w + 2 * pw
+    return Geometry(n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow, kh * kw * c, threads, pointwise, shifted, z,
+                    (threads, hp, wp, c), (threads, oh * wp, o))
+
+
+# ---------------------------------------------------------------- copies the routes share
+#
+# Inner loops index with the loop counter itself (over 1-D views), never with
+# a computed offset: Numba then knows the index is not negative, drops its
+# wraparound check, and LLVM vectorises the copy (7x faster, measured).
+
+@njit(cache=True)
+def _copy(dst, src):
+    """dst[:] = src for 1-D arrays (a loop Numba vectorises)."""
+    for q in range(dst.size):
+        dst[q] = src[q]
+
+
+@njit(cache=True)
+def _add_into(dst, src):
+    """dst += src for 1-D arrays."""
+    for q in range(dst.size):
+        dst[q] += src[q]
+
+
+@njit(cache=True)
+def _transpose(a, out):
+    """out = a.T for a 2-D a, eight rows of a at a time (about twice as fast as element by element)."""
+    m, n = a.shape
+    m8 = m - m % 8
+    for i0 in range(0, m8, 8):
+        for j in range(n):
+            dst, src = out[j, i0:i0 + 8], a[i0:i0 + 8, j]
+            for q in range(8):
+                dst[q] = src[q]
+    for i in range(m8, m):
+        for j in range(n):
+            out[j, i] = a[i, j]
+
+
+@njit(cache=True)
+def _to_hwc(x, ph, pw, xp):
+    """xp[ph + iy, pw + ix, c] = x[c, iy, ix]: one CHW sample into the interior of an HWC scratch image."""
+    h, w = x.shape[1], x.shape[2]
+    for iy in range(h):
+        _transpose(x[:, iy, :], xp[ph + iy, pw:pw + w])
+
+
+@njit(cache=True)
+def _from_hwc(xp, ph, pw, x):
+    """x[c, iy, ix] = xp[ph + iy, pw + ix, c]: the interior of an HWC scratch image back into a CHW sample."""
+    h, w = x.shape[1], x.shape[2]
+    for iy in range(h):
+        _transpose(xp[ph + iy, pw:pw + w], x[:, iy, :])
+
+
+# ---------------------------------------------------------------- unfolded rows
+#
+#   1. copy the sample into a zero-bordered scratch image in HWC order
+#      (channels last; the border is the padding, written once per call);
+#   2. unfold it into scratch rows (OH*OW, kh*kw*C), one row per output
+#      pixel: the taps i of a pixel read kw*C consecutive numbers of the HWC
+#      image, so a row is kh contiguous copies;
+#   3. run that sample's GEMM, rows (P, K) @ W^T (K, O) -> (P, O), and copy
+#      the result transposed into y[n] (O, OH, OW).
+#
+# Pixel-major rows make every GEMM of ResNet's skinny shapes one that BLAS
+# runs near its peak (80-100 GFLOP/s a core here, against 40-60 for the
+# tap-major (K, P) columns of the reference). The weights are reordered to
+# (O, kh, kw, C) to match the rows, once per call.
+
+@njit(cache=True)
+def _rows(xp, kh, kw, sh, sw, oh, ow, rows):
+    """rows[oy*OW + ox, (i, j, c)] = xp[oy*sh + i, ox*sw + j, c]: a padded HWC image unfolded, a row a pixel."""
+    wp, c = xp.shape[1], xp.shape[2]
+    flat = xp.reshape(-1)
+    run = kw * c  # taps (i, 0..kw-1) of one pixel: consecutive in HWC
+    for oy in range(oh):
+        for ox in range(ow):
+            row = rows[oy * ow + ox]
+            for i in range(kh):
+                start = ((oy * sh + i) * wp + ox * sw) * c
+                _copy(row[i * run:(i + 1) * run], flat[start:start + run])
+
+
+@njit(cache=True)
+def _unrows(rows, kh, kw, sh, sw, oh, ow, xp):
+    """The adjoint of _rows: xp = 0, then xp[oy*sh + i, ox*sw + j, c] += rows[oy*OW + ox, (i, j, c)]."""
+    wp, c = xp.shape[1], xp.shape[2]
+    flat = xp.reshape(-1)
+    flat[:] = 0
+    run = kw * c
+    for oy in range(oh):
+        for ox in range(ow):
+            row = rows[oy * ow + ox]
+            for i in range(kh):
+                start = ((oy * sh + i) * wp + ox * sw) * c
+                _add_into(flat[start:start + run], row[i * run:(i + 1) * run])
+
+
+@njit(parallel=True, cache=True)
+def _rows_forward(blas, x, wt, kh, kw, sh, sw, ph, pw, xp, rows, yt, y):
+    """y[n] = (rows(x[n]) @ W^T)^T, sample by sample; thread t works in its scratch xp[t], rows[t], yt[t]."""
+    for b in prange(x.shape[0]):
+        t = numba.get_thread_id()
+        _to_hwc(x[b], ph, pw, xp[t])
+        _rows(xp[t], kh, kw, sh, sw, y.shape[2], y.shape[3], rows[t])
+        gemm(blas, rows[t], wt, yt[t], False)  # (P, K) @ (K, O)
+        _transpose(yt[t], y[b].reshape(y.shape[1], -1))
+
+
+@njit(parallel=True, cache=True)
+def _rows_backward_input(blas, dy, w2, kh, kw, sh, sw, ph, pw, dxp, drows, dx):
+    """dx[n] = unrows(dy[n]^T @ W), sample by sample; thread t works in its scratch drows[t] and dxp[t]."""
+    o, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
+    for b in prange(dx.shape[0]):
+        t = numba.get_thread_id()
+        gemm(blas, dy[b].reshape(o, oh * ow).T, w2, drows[t], False)  # (P, O) @ (O, K)
+        _unrows(drows[t], kh, kw, sh, sw, oh, ow, dxp[t])
+        _from_hwc(dxp[t], ph, pw, dx[b])
+
+
+@njit(parallel=True, cache=True)
+def _rows_backward_weight(blas, dy, x, kh, kw, sh, sw, ph, pw, xp, rows, parts):
+    """parts[t] = the sum over thread t's samples of dy[n] (O, P) @ rows(x[n]) (P, K); dW = the sum of the parts.
+
+    Each thread adds into its own partial sum, so no two threads write the same dW.
+    """
+    o, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
+    for b in prange(x.shape[0]):
+        t = numba.get_thread_id()
+        _to_hwc(x[b], ph, pw, xp[t])
+        _rows(xp[t], kh, kw, sh, sw, oh, ow, rows[t])
+        gemm(blas, dy[b].reshape(o, oh * ow), rows[t], parts[t], True)  # += (O, P) @ (P, K)
+
+
+def rows_forward(x, weight, g):
+    """y = W * x by unfolded rows."""
+    xp = np.zeros(g.padded, dtype=x.dtype)
+    rows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=x.dtype)
+    yt = np.empty((g.threads, g.oh * g.ow, g.o), dtype=x.dtype)
+    wt = _c(weight.transpose(2, 3, 1, 0).reshape(g.k, g.o))  # (kh, kw, C, O): the rows' order
+    y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
+    with blas_threads(1):
+        _rows_forward(CBLAS[x.dtype], _c(x), wt, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, xp, rows, yt, y)
+    return y
+
+
+def rows_backward_input(grad_out, weight, g):
+    """dx = unrows(dy^T @ W), sample by sample."""
+    dtype = grad_out.dtype
+    dxp = np.empty(g.padded, dtype=dtype)
+    drows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=dtype)
+    w2 = _c(weight.transpose(0, 2, 3, 1).reshape(g.o, g.k))  # (O, kh, kw, C)
+    dx = np.empty((g.n, g.c, g.h, g.w), dtype=dtype)
+    with blas_threads(1):
+        _rows_backward_input(CBLAS[dtype], _c(grad_out), w2, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, dxp, drows, dx)
+    return dx
+
+
+def rows_backward_weight(grad_out, x, g):
+    """dW = the sum over samples of dy[n] @ rows(x[n])."""
+    dtype = grad_out.dtype
+    xp = np.zeros(g.padded, dtype=x.dtype)
+    rows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=x.dtype)
+    parts = np.zeros((g.threads, g.o, g.k), dtype=dtype)
+    with blas_threads(1):
+        _rows_backward_weight(CBLAS[dtype], _c(grad_out), _c(x), g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, xp, rows,
+                              parts)
+    return _c(parts.sum(axis=0).reshape(g.o, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))  # back from (O, kh, kw, C)
+
+
+# ---------------------------------------------------------------- stride 1: shifted windows
+#
+# With stride 1 the unfolding can be skipped. Lay the outputs out on the
+# scratch image's grid, output (oy, ox) at position q = oy*Wp + ox; then tap
+# (i, j) of every output reads the image at q + (i*Wp + j) (plus a constant),
+# so the pixels one tap sees are one contiguous block of the flat HWC image:
+# a (OH*Wp, C) matrix that BLAS takes as it is. The convolution is kh*kw
+# GEMMs, one per tap, each adding into the same (OH*Wp, O) output; the
+# Wp - OW positions at the end of each row are computed and dropped. Each
+# scratch row is Z zero columns and then the W pixels, Z = pw (more only when
+# the padding outgrows the kernel): the zeros after a row's last pixel are
+# the next row's leading ones, so one band of zeros pads both sides and only
+# Z positions a row are wasted (11% on an 8x8 map, against 20% with both).
+# No unfolded copy is made, and for 16 and 32 channels this is 20-40% faster
+# than the rows. With few channels (the 3 of an RGB input) each GEMM would
+# be too thin, so those keep the rows. The backward passes run the same
+# GEMMs transposed, with dy laid out on the same grid and zero at the
+# dropped positions, so those add nothing.
+
+@njit(cache=True)
+def _shifted(xp, start, rows):
+    """The (rows, C) block of the flat HWC image xp from pixel ``start`` on: a tap's inputs, output q's in row q."""
+    c = xp.shape[2]
+    return xp.reshape(-1)[start * c:(start + rows) * c].reshape(rows, c)
+
+
+@njit(cache=True)
+def _on_grid(dy, wp, dyg):
+    """dyg[oy*Wp + ox, o] = dy[o, oy, ox]: one sample's (O, OH, OW) gradient on the grid (the rest stays 0)."""
+    oh, ow = dy.shape[1], dy.shape[2]
+    for oy in range(oh):
+        _transpose(dy[:, oy, :], dyg[oy * wp:oy * wp + ow])
+
+
+@njit(parallel=True, cache=True)
+def _shifted_forward(blas, x, wtaps, kh, kw, ph, pw, z, xp, yg, y):
+    """y[n] = the sum over taps (i, j) of shifted(x[n]) (OH*Wp, C) @ W[:, :, i, j]^T (C, O), on the grid."""
+    oh, ow = y.shape[2], y.shape[3]
+    wp = xp.shape[2]
+    for b in prange(x.shape[0]):
+        t = numba.get_thread_id()
+        _to_hwc(x[b], ph, z, xp[t])
+        for i in range(kh):
+            for j in range(kw):
+                tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
+                gemm(blas, tap, wtaps[i * kw + j], yg[t], i + j > 0)
+        for oy in range(oh):
+            _transpose(yg[t, oy * wp:oy * wp + ow], y[b, :, oy, :])
+
+
+@njit(parallel=True, cache=True)
+def _shifted_backward_input(blas, dy, wtaps, kh, kw, ph, pw, z, dyg, dxp, dx):
+    """dxp = 0, then shifted(dxp) += dy[n] on the grid (OH*Wp, O) @ W[:, :, i, j] (O, C) for every tap (i, j)."""
+    oh = dy.shape[2]
+    wp = dxp.shape[2]
+    for b in prange(dx.shape[0]):
+        t = numba.get_thread_id()
+        _on_grid(dy[b], wp, dyg[t])
+        dxp[t] = 0
+        for i in range(kh):
+            for j in range(kw):
+                tap = _shifted(dxp[t], i * wp + j + z - pw, oh * wp)
+                gemm(blas, dyg[t], wtaps[i * kw + j], tap, True)
+        _from_hwc(dxp[t], ph, z, dx[b])
+
+
+@njit(parallel=True, cache=True)
+def _shifted_backward_weight(blas, dy, x, kh, kw, ph, pw, z, xp, dyg, parts):
+    """parts[t, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n]) (OH*Wp, C), over thread t's samples."""
+    oh = dy.shape[2]
+    wp = xp.shape[2]
+    for b in prange(x.shape[0]):
+        t = numba.get_thread_id()
+        _to_hwc(x[b], ph, z, xp[t])
+        _on_grid(dy[b], wp, dyg[t])
+        for i in range(kh):
+            for j in range(kw):
+                tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
+                gemm(blas, dyg[t].T, tap, parts[t, i * kw + j], True)
+
+
+def shifted_forward(x, weight, g):
+    """y = W * x as kh*kw GEMMs on shifted blocks of each sample."""
+    xp = np.zeros(g.padded, dtype=x.dtype)
+    yg = np.empty(g.grid, dtype=x.dtype)
+    wtaps = _c(weight.transpose(2, 3, 1, 0).reshape(g.kh * g.kw, g.c, g.o))  # (kh, kw, C, O)
+    y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
+    with blas_threads(1):
+        _shifted_forward(CBLAS[x.dtype], _c(x), wtaps, g.kh, g.kw, g.ph, g.pw, g.z, xp, yg, y)
+    return y
+
+
+def shifted_backward_input(grad_out, weight, g):
+    """dx: the transposed GEMMs of every tap added into shifted blocks of a zero image."""
+    dtype = grad_out.dtype
+    dyg = np.zeros(g.grid, dtype=dtype)
+    dxp = np.empty(g.padded, dtype=dtype)
+    wtaps = _c(weight.transpose(2, 3, 0, 1).reshape(g.kh * g.kw, g.o, g.c))  # (kh, kw, O, C)
+    dx = np.empty((g.n, g.c, g.h, g.w), dtype=dtype)
+    with blas_threads(1):
+        _shifted_backward_input(CBLAS[dtype], _c(grad_out), wtaps, g.kh, g.kw, g.ph, g.pw, g.z, dyg, dxp, dx)
+    return dx
+
+
+def shifted_backward_weight(grad_out, x, g):
+    """dW[:, :, i, j] = the sum over samples of dy[n] on the grid, transposed, @ tap (i, j)'s block of x[n]."""
+    dtype = grad_out.dtype
+    xp = np.zeros(g.padded, dtype=x.dtype)
+    dyg = np.zeros(g.grid, dtype=dtype)
+    parts = np.zeros((g.threads, g.kh * g.kw, g.o, g.c), dtype=dtype)
+    with blas_threads(1):
+        _shifted_backward_weight(CBLAS[dtype], _c(grad_out), _c(x), g.kh, g.kw, g.ph, g.pw, g.z, xp, dyg, parts)
+    return _c(parts.sum(axis=0).reshape(g.kh, g.kw, g.o, g.c).transpose(2, 3, 0, 1))  # back from (kh, kw, O, C)
+
+
+# ---------------------------------------------------------------- 1x1, stride 1, no padding: pointwise
+#
+# A pointwise convolution is a plain GEMM on each sample's (C, H*W) matrix,
+# which is how NCHW already stores it: no scratch, no copies, no transposes
+# (60-90 GFLOP/s a core on ResNet-50's 1x1 layers, against 40-70 through the
+# HWC scratch).
+
+@njit(parallel=True, cache=True)
+def _pointwise_forward(blas, x, w2, y):
+    """y[n] (O, H*W) = W (O, C) @ x[n] (C, H*W)."""
+    c, o = x.shape[1], y.shape[1]
+    for b in prange(x.shape[0]):
+        gemm(blas, w2, x[b].reshape(c, -1), y[b].reshape(o, -1), False)
+
+
+@njit(parallel=True, cache=True)
+def _pointwise_backward_input(blas, dy, w2, dx):
+    """dx[n] (C, H*W) = W^T (C, O) @ dy[n] (O, H*W)."""
+    c, o = dx.shape[1], dy.shape[1]
+    for b in prange(dx.shape[0]):
+        gemm(blas, w2.T, dy[b].reshape(o, -1), dx[b].reshape(c, -1), False)
+
+
+@njit(parallel=True, cache=True)
+def _pointwise_backward_weight(blas, dy, x, parts):
+    """parts[t] += dy[n] (O, H*W) @ x[n]^T (H*W, C) over thread t's samples; dW = the sum of the parts."""
+    c, o = x.shape[1], dy.shape[1]
+    for b in prange(x.shape[0]):
+        t = numba.get_thread_id()
+        gemm(blas, dy[b].reshape(o, -1), x[b].reshape(c, -1).T, parts[t], True)
+
+
+def pointwise_forward(x, weight, g):
+    """y[n] = W @ x[n] on the (C, H*W) matrices NCHW holds."""
+    y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
+    with blas_threads(1):
+        _pointwise_forward(CBLAS[x.dtype], _c(x), _c(weight.reshape(g.o, g.c)), y)
+    return y
+
+
+def pointwise_backward_input(grad_out, weight, g):
+    """dx[n] = W^T @ dy[n]."""
+    dx = np.empty((g.n, g.c, g.h, g.w), dtype=grad_out.dtype)
+    with blas_threads(1):
+        _pointwise_backward_input(CBLAS[grad_out.dtype], _c(grad_out), _c(weight.reshape(g.o, g.c)), dx)
+    return dx
+
+
+def pointwise_backward_weight(grad_out, x, g):
+    """dW = the sum over samples of dy[n] @ x[n]^T."""
+    parts = np.zeros((g.threads, g.o, g.c), dtype=grad_out.dtype)
+    with blas_threads(1):
+        _pointwise_backward_weight(CBLAS[grad_out.dtype], _c(grad_out), _c(x), parts)
+    return parts.sum(axis=0).reshape(g.o, g.c, 1, 1)
