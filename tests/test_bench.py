@@ -1,4 +1,5 @@
-"""minires bench: a quick run through the Python API and the command line, the records' fields, the FLOP counts.
+"""minires bench: a quick run through the Python API and the command line, the records' fields, the FLOP counts,
+and the malloc setting every measurement's child makes first.
 
 Speed is what the benchmark measures, never what a test asserts: these tests
 check the records' shape and arithmetic only. The multiply-add count comes
@@ -11,7 +12,8 @@ import statistics
 import pytest
 
 import minires
-from minires import bench, cli
+from minires import bench, cli, kernels
+from minires.bench import worker
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 FIELDS = {"workload", "framework", "backend", "device", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
@@ -90,6 +92,28 @@ def test_rounds_pool_every_round_of_every_framework(capsys):
     turns = [line.split()[2] for line in captured.err.splitlines() if line.startswith("bench: ")]
     frameworks = ["numpy", "torch"] if HAS_TORCH else ["numpy"]
     assert turns == frameworks * 2, f"expected the frameworks to take turns, got {turns}"
+
+
+@pytest.mark.parametrize("framework, backend", [
+    ("minires", "numpy"),
+    pytest.param("torch", "torch", marks=pytest.mark.skipif(not HAS_TORCH, reason="needs torch")),
+])
+def test_a_measurement_keeps_freed_memory_before_it_builds(monkeypatch, framework, backend):
+    """Each child calls backend.keep_freed_memory first, as training does, whichever framework it times."""
+    calls = []
+    monkeypatch.setattr(minires.backend, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(kernels, "_forced", dict(kernels._forced))  # the worker forces a backend: undo it after
+    case = f"{framework}_case"
+    build = getattr(worker, case)
+    monkeypatch.setattr(worker, case, lambda *args: calls.append("build") or build(*args))
+    threads = 1
+    if framework == "torch":
+        import torch
+        threads = torch.get_num_threads()  # the worker sets it: leave this process's as it is
+    answer = worker.run({"framework": framework, "backend": backend, "workload": "conv_fwd_3to16_32px",
+                         "device": "cpu", "batch": 1, "threads": threads, "warmup": 0, "repeat": 1})
+    assert calls == ["keep", "build", "build"], "keep_freed_memory once, before the priming and the timed builds"
+    assert len(answer["times_s"]) == 1 and answer["peak_kib"] >= 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,48 @@
+"""``minires bench`` on the command line: its options, and the run that prints the table (or JSON)."""
+import datetime
+import json
+import os
+import sys
+
+from .report import format_heading, format_table
+from .runner import DEVICES, run_bench
+from .workloads import GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS
+
+
+def run_cli(args):
+    """The ``minires bench`` command: run the benchmark and print the table (or ``--json``)."""
+    started, load = datetime.datetime.now().astimezone(), os.getloadavg()[0]
+    records = run_bench(args.workloads, args.backend, args.batch_size, args.threads, args.repeat, args.warmup,
+                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds, device=args.device)
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return
+    print(format_heading(records, args.device, started, load))
+    print(format_table(records))
+
+
+def add_bench_parser(subparsers):
+    """Register ``minires bench`` on the ``minires`` command's subparsers."""
+    p = subparsers.add_parser("bench", help="time minires's kernels and models per backend, beside PyTorch",
+                              description="Time conv2d on resnet20's shapes, a resnet20 training step and "
+                                          "eval pass (resnet50 on request) per kernel backend, beside PyTorch, "
+                                          "on the CPU or (--device cuda) a GPU; each measurement runs in a "
+                                          "fresh process.")
+    p.add_argument("--workloads", help=f"comma list of workloads or groups (default: the 'default' group); "
+                                       f"workloads: {', '.join(WORKLOADS)}; groups: {', '.join(GROUPS)}")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where minires and PyTorch run: cpu (default) or cuda (a GPU, with the GPU kernel backends)")
+    p.add_argument("--backend", help="comma list of kernel backends for the device (default: every one installed)")
+    p.add_argument("--batch-size", type=int, help="one batch size for every workload (default: per workload)")
+    p.add_argument("--threads", type=int, help="threads for every framework (default: os.cpu_count())")
+    p.add_argument("--repeat", type=int, help="timed runs per measurement (default: per workload)")
+    p.add_argument("--warmup", type=int, help="untimed runs first (default: per workload)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every framework this many times, taking turns, and pool the times "
+                        "(steadier ratios on a busy machine; default: 1)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small batches, {QUICK_WARMUP} warm-up and {QUICK_REPEAT} timed runs: a smoke test")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
+    p.set_defaults(run=run_cli)
+    return p
