@@ -1,20 +1,17 @@
 """Numba CUDA kernels: the reference's functions as ``@cuda.jit`` kernels, one GPU thread per output element.
 
-Read this file next to ``numpy_ref.py`` and ``numba_cpu.py``: the public
-functions have the same signatures, and the index helpers are the same
-``_index.py`` functions, compiled here with ``cuda.jit(device=True)``. Where
-the CPU kernels loop over a plane, a GPU kernel gives each element its own
-thread, so every kernel writes each output element from exactly one thread
-(col2im and the pooling backwards *gather* what the CPU versions scatter:
-no atomics, no races). Batch-norm reductions give each channel one block that
-sums in shared memory.
+Read this file next to ``numpy_ref.py`` and ``numba_cpu.py``: the same
+signatures, and the same ``_index.py`` helpers, compiled here with
+``cuda.jit(device=True)``. Each kernel writes each output element from
+exactly one thread (col2im and the pooling backwards *gather* what the CPU
+versions scatter: no atomics, no races); the batch-norm sums give each
+channel one block that reduces in shared memory.
 
 Arrays may be CuPy arrays (how minires keeps GPU tensors; Numba launches on
 them through ``__cuda_array_interface__``), Numba device arrays, or host NumPy
-arrays (what the tests pass under Numba's CUDA simulator,
-``NUMBA_ENABLE_CUDASIM=1``). Results come back as the same kind of array. The
-convolution GEMMs go to cuBLAS through ``cupy.matmul``, or to NumPy on the
-host when CuPy is absent.
+arrays (under Numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``); results come
+back as the same kind. The convolution GEMMs go to cuBLAS through
+``cupy.matmul``, or to NumPy on the host when CuPy is absent.
 """
 import math
 import os
@@ -36,11 +33,10 @@ if not cuda.is_available():
     raise ImportError("numba-cuda finds no usable CUDA GPU; to run these kernels without one, "
                       "set NUMBA_ENABLE_CUDASIM=1 before Python starts")
 
-# A CuPy array tells Numba the stream its data belongs to, and by default Numba
-# waits for that stream before every launch, once per CuPy argument: the host
-# could never queue work ahead of the GPU. CuPy and these kernels both launch
-# on the legacy default stream, so their work is ordered already; a value the
-# user set (NUMBA_CUDA_ARRAY_INTERFACE_SYNC) wins.
+# By default Numba waits for a CuPy array's stream before every launch, once per
+# CuPy argument: the host could never queue work ahead of the GPU. CuPy and these
+# kernels both launch on the legacy default stream, already in order; a value
+# the user set (NUMBA_CUDA_ARRAY_INTERFACE_SYNC) wins.
 if cupy is not None and "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" not in os.environ:
     try:  # numba-cuda keeps its own settings module (the same object as numba.config in recent versions)
         from numba.cuda.core import config as _cuda_config
@@ -50,8 +46,8 @@ if cupy is not None and "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" not in os.environ:
 
 NAME = "numba-cuda"
 
-# The simulator runs each GPU thread as a Python thread: keep its blocks small.
-THREADS = 32 if config.ENABLE_CUDASIM else 256  # threads per block (a power of two: the reductions halve it)
+# threads per block, a power of two (the reductions halve it); small in the simulator, a Python thread each
+THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 # the shared index helpers, compiled for the GPU
 _tap_input = cuda.jit(device=True)(_index.tap_input)
@@ -89,14 +85,12 @@ def _flat(a):
 def _matmul(a, b, transpose_a=False, transpose_b=False):
     """a @ b (a^T or b^T when asked) by the library that owns the arrays: cuBLAS via CuPy, or NumPy.
 
-    Numba device arrays go through CuPy without a copy when it is installed,
-    else through the host (slow, but it keeps the simulator tests self-contained).
+    Numba device arrays go through CuPy without a copy, or without CuPy through the host (slow: the simulator).
     """
     device = _is_numba_device(a)
     if device:
         a, b = (cupy.asarray(a), cupy.asarray(b)) if cupy is not None else (a.copy_to_host(), b.copy_to_host())
-    a = a.T if transpose_a else a
-    b = b.T if transpose_b else b
+    a, b = (a.T if transpose_a else a), (b.T if transpose_b else b)
     out = cupy.matmul(a, b) if _is_cupy(a) else np.matmul(a, b)
     if device:
         return cuda.as_cuda_array(out) if _is_cupy(out) else cuda.to_device(out)
@@ -179,45 +173,34 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
 # ---------------------------------------------------------------- convolution
 
 @cuda.jit
-def _rows_to_nchw_kernel(rows, y):
-    """Thread (n, o, p) of y (N, O, OH*OW): y[n, o, p] = rows[o, n*OH*OW + p]."""
+def _swap_kernel(src, dst):
+    """Thread (i, j, q) of dst (I, J, Q): dst[i, j, q] = src[j, i, q], the first two axes swapped."""
     k = cuda.grid(1)
-    _, o, p = y.shape
-    if k >= y.size:
+    if k >= dst.size:
         return
-    b, oc, q = _unravel3(k, o, p)
-    y[b, oc, q] = rows[oc, b * p + q]
+    i, j, q = _unravel3(k, dst.shape[1], dst.shape[2])
+    dst[i, j, q] = src[j, i, q]
 
 
-@cuda.jit
-def _nchw_to_rows_kernel(y, rows):
-    """Thread (o, n*OH*OW + p) of rows (O, N*OH*OW): rows[o, n*OH*OW + p] = y[n, o, p]."""
-    k = cuda.grid(1)
-    _, o, p = y.shape
-    if k >= y.size:
-        return
-    oc, column = k // rows.shape[1], k % rows.shape[1]
-    rows[oc, column] = y[column // p, oc, column % p]
+def _swapped(src, shape):
+    """A new (I, J, Q) array from src viewed as (J, I, Q): the GEMM's (O, N, P) order to NCHW's (N, O, P), or back."""
+    dst = _empty(src, shape, src.dtype)
+    _launch(_swap_kernel, dst.size)(src.reshape(shape[1], shape[0], shape[2]), dst)
+    return dst
 
 
 def _grad_rows(grad_out):
     """(N, O, OH, OW) -> (O, N*OH*OW), the layout of the forward GEMM's output."""
     n, o, oh, ow = grad_out.shape
-    rows = _empty(grad_out, (o, n * oh * ow), grad_out.dtype)
-    _launch(_nchw_to_rows_kernel, rows.size)(grad_out.reshape(n, o, oh * ow), rows)
-    return rows
+    return _swapped(grad_out, (o, n, oh * ow)).reshape(o, n * oh * ow)
 
 
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW), scattered into (N, O, OH, OW)."""
-    n = x.shape[0]
-    o, c, kh, kw = weight.shape
-    oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
-    ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
+    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW), brought into (N, O, OH, OW)."""
+    (n, _, h, w), (o, c, kh, kw) = x.shape, weight.shape
+    oh, ow = conv_output_size(h, kh, stride[0], padding[0]), conv_output_size(w, kw, stride[1], padding[1])
     rows = _matmul(weight.reshape(o, c * kh * kw), im2col(x, kh, kw, stride, padding))
-    y = _empty(x, (n, o, oh, ow), x.dtype)
-    _launch(_rows_to_nchw_kernel, y.size)(rows, y.reshape(n, o, oh * ow))
-    return y
+    return _swapped(rows, (n, o, oh * ow)).reshape(n, o, oh, ow)
 
 
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
@@ -322,8 +305,7 @@ def _bn_stats_kernel(x, mean, var):
         squares += d * d
     sigma2 = _block_sum(partial, squares) / m
     if t == 0:
-        mean[c] = mu
-        var[c] = sigma2
+        mean[c], var[c] = mu, sigma2
 
 
 def batch_norm_stats(x):
@@ -368,8 +350,7 @@ def _bn_grad_sums_kernel(grad_out, x, mean, invstd, dbias, dweight):
     sum_dy = _block_sum(partial, sum_dy)
     sum_dy_xhat = _block_sum(partial, sum_dy_xhat)
     if t == 0:
-        dbias[c] = sum_dy
-        dweight[c] = sum_dy_xhat
+        dbias[c], dweight[c] = sum_dy, sum_dy_xhat
 
 
 def batch_norm_grad_sums(grad_out, x, mean, invstd):
@@ -428,8 +409,7 @@ def max_pool2d_forward(x, kernel, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    y = _empty(x, (n, c, oh, ow), x.dtype)
-    argmax = _empty(x, (n, c, oh, ow), np.int32)
+    y, argmax = _empty(x, (n, c, oh, ow), x.dtype), _empty(x, (n, c, oh, ow), np.int32)
     _launch(_max_pool_kernel, y.size)(x, kh, kw, sh, sw, ph, pw, y, argmax)
     return y, argmax
 
