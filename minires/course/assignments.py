@@ -58,7 +58,9 @@ class Assignment:
         return sum(e.points for e in self.exercises)
 
 
-_BACKENDS = (RemoveModule("kernels/numba_cpu.py"), RemoveModule("kernels/cupy_kernels.py"))
+# the compiled backends show every kernel's solution (numba_conv.py holds numba_cpu's convolution routes)
+_BACKENDS = (RemoveModule("kernels/numba_cpu.py"), RemoveModule("kernels/numba_conv.py"),
+             RemoveModule("kernels/cupy_kernels.py"))
 _CUDA = "kernels/numba_cuda.py"
 _CONV_DOC = CutDocstring("minires/functional.py", "Conv2dFunction")
 _BN_DOC = CutDocstring("minires/functional.py", "BatchNormFunction")
@@ -67,7 +69,7 @@ _RESIDUAL_DOC = CutDocstring("minires/residual.py", "", (
     "The residual add: y = relu(F(x) + S(x)), and where its gradient goes.\n\n"
     "Derive what its backward sends into F(x), into S(x) and on to the block input x (exercise\n"
     "residual.add_backward, see tutorials/assignments/04_residual.md). ``residual_add`` records the\n"
-    "two contributions that reach x; ``record_residuals()`` collects the records of a forward pass.\n"))
+    "two contributions that reach x; ``record_residuals()`` collects the records of a forward pass."))
 
 
 def _cuda(*names):
@@ -112,15 +114,16 @@ ASSIGNMENTS = (
                             "per-channel batch mean and variance",
                             _BACKENDS + (_cuda("batch_norm_stats", "_bn_stats_kernel"),)),
                    Exercise("bn.normalize", "kernels/numpy_ref.py", "batch_norm_forward", 1,
-                            "normalise, scale and shift per channel",
-                            _BACKENDS + (_cuda("batch_norm_forward", "_channel_affine_kernel",
-                                               "_bn_scale_shift_kernel"),)),
+                            "scale and shift per channel",
+                            _BACKENDS + (_cuda("batch_norm_forward", "_channel_affine_kernel"),)),
                    Exercise("bn.forward", "minires/functional.py", "BatchNormFunction.forward", 3,
                             "training and eval statistics, the running averages", (_BN_DOC,)),
-                   Exercise("bn.backward", "kernels/numpy_ref.py", "batch_norm_backward", 5,
-                            "the backward in training and in eval mode",
-                            _BACKENDS + (_cuda("batch_norm_backward", "_bn_grad_sums_kernel",
-                                               "_bn_backward_dx_kernel"), _BN_DOC)),
+                   Exercise("bn.grad_sums", "kernels/numpy_ref.py", "batch_norm_grad_sums", 2,
+                            "the per-channel sums of the backward (the bias and weight gradients)",
+                            _BACKENDS + (_cuda("batch_norm_grad_sums", "_bn_grad_sums_kernel"),)),
+                   Exercise("bn.backward", "kernels/numpy_ref.py", "batch_norm_backward_input", 3,
+                            "the input gradient with batch statistics",
+                            _BACKENDS + (_cuda("batch_norm_backward_input", "_bn_backward_dx_kernel"), _BN_DOC)),
                )),
     Assignment(4, "residual", "Residual blocks", "tutorials/assignments/04_residual.md",
                "tests/exercises/test_a4_residual.py", (

@@ -184,9 +184,9 @@ def enclosing_function(tree, line):
 
 
 def find_def(tree, qualname):
-    """The def or class node called ``qualname`` ("f", "Class", "Class.method"), or None."""
+    """The def or class node called ``qualname`` ("f", "Class", "Class.method"), or None; "" is the module."""
     node = tree
-    for part in qualname.split("."):
+    for part in qualname.split(".") if qualname else ():
         found = None
         for child in getattr(node, "body", []):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == part:

@@ -92,7 +92,7 @@ def transform_source(text, path, handed, markers, remove_functions=None, cut_doc
             edits.append((b.begin, b.hint_end, []))
             edits.append((b.end, b.end, []))
     for qualname, new in (cut_docstrings or {}).items():
-        node = tree if qualname == "" else find_def(tree, qualname)
+        node = find_def(tree, qualname)
         if node is None:
             raise MarkerError(f"{path}: no {qualname} whose docstring to cut (check the leaks in ASSIGNMENTS)")
         first = node.body[0] if node.body else None
