@@ -17,6 +17,7 @@ import minires.functional as F
 from minires import models, nn
 from minires.models import ResidualBlock
 from minires.viz import model_diagram, plot_model, to_dot
+from ported_blocks import PaddedBlock, PortedBlock, PortedNet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESNET20_BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
@@ -271,45 +272,8 @@ def test_models_without_blocks_and_a_lone_block():
 # ---------------------------------------------------------------- blocks found by what they do
 
 
-class PortedBlock(nn.Module):
-    """A block ported from a Keras blog: its own names, a projection called ``proj``, no minires base class."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.n1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.n2 = nn.BatchNorm2d(cout)
-        self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
-        return F.residual_add(out, x if self.proj is None else self.proj(x))
-
-
-class PaddedBlock(PortedBlock):
-    """The same branch; the shortcut computed by a bare functional call (no module to describe)."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__(cin, cout, stride)
-        self.proj = None
-
-    def forward(self, x):
-        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
-        return F.residual_add(out, F.pad_channels(x, out.shape[1], x.shape[2] // out.shape[2]))
-
-
-class PortedNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.entry = nn.Conv2d(3, 8, 3, padding=1)
-        self.body = nn.Sequential(PortedBlock(8, 8), PortedBlock(8, 16, 2), PaddedBlock(16, 32, 2))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.classifier(F.flatten(self.pool(self.body(self.entry(x)))))
+def _ported_net():
+    return PortedNet([PortedBlock(8, 8), PortedBlock(8, 16, 2), PaddedBlock(16, 32, 2)])
 
 
 class FlatNet(nn.Module):
@@ -325,7 +289,7 @@ class FlatNet(nn.Module):
 
 
 def test_a_users_own_blocks_are_drawn_with_their_shortcuts():
-    diagram = model_diagram(PortedNet())
+    diagram = model_diagram(_ported_net())
     assert [n.name for n in diagram.nodes if n.kind == "block"] == ["body.0", "body.1", "body.2"]
     assert [(e.block, e.style, e.label) for e in diagram.shortcuts] == [
         ("body.0", "solid", "identity"), ("body.1", "dashed", "1x1 conv 16 /2, BN"),
@@ -339,7 +303,7 @@ def test_a_users_own_blocks_are_drawn_with_their_shortcuts():
 
 def test_a_users_own_blocks_in_svg(tmp_path):
     path = tmp_path / "ported.svg"
-    plot_model(PortedNet(), path, input_shape=(1, 3, 16, 16), backend="matplotlib")
+    plot_model(_ported_net(), path, input_shape=(1, 3, 16, 16), backend="matplotlib")
     groups, stray = _dashed_groups(path)
     assert groups == {"shortcut-body.1", "shortcut-body.2"} and stray == 0
     assert _shortcut_group_ids(path) == {"shortcut-body.0", "shortcut-body.1", "shortcut-body.2"}

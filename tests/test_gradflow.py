@@ -5,6 +5,7 @@ import pytest
 import minires
 import minires.functional as F
 from minires import models, nn
+from ported_blocks import PortedBlock, PortedNet
 from minires.viz.gradflow import (gradient_flow, plot_block_contributions, plot_gradient_norms,
                                   plot_training_curves)
 
@@ -93,35 +94,6 @@ def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
 
 
 # ---------------------------------------------------------------- blocks found by what they do
-
-
-class PortedBlock(nn.Module):
-    """A block ported from a Keras blog: its own layer names, a projection called ``proj``, no minires base."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv_a = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.norm_a = nn.BatchNorm2d(cout)
-        self.conv_b = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm_b = nn.BatchNorm2d(cout)
-        self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        out = self.norm_b(self.conv_b(F.relu(self.norm_a(self.conv_a(x)))))
-        return F.residual_add(out, x if self.proj is None else self.proj(x))
-
-
-class PortedNet(nn.Module):
-    def __init__(self, blocks):
-        super().__init__()
-        self.entry = nn.Conv2d(3, 8, 3, padding=1)
-        self.body = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(blocks[-1].norm_b.num_features, 10)
-
-    def forward(self, x):
-        return self.classifier(F.flatten(self.pool(self.body(self.entry(x)))))
 
 
 class SmallCNN(nn.Module):

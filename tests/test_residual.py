@@ -11,6 +11,7 @@ import pytest
 import minires
 import minires.functional as F
 from minires import Tensor
+from ported_blocks import PortedBlock
 
 pytestmark = pytest.mark.residual  # the engine's tests of what assignment 4 builds
 
@@ -221,27 +222,9 @@ def test_without_a_shortcut_the_add_is_the_plain_block(relu, rng):
     assert records[0].via_shortcut is None and records[0].input_grad is None
 
 
-class _KerasStyleBlock(minires.nn.Module):
-    """A block written as a new user would port it: its own names, no minires.models base class."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.c1 = minires.nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.n1 = minires.nn.BatchNorm2d(cout)
-        self.c2 = minires.nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.n2 = minires.nn.BatchNorm2d(cout)
-        self.proj = (None if stride == 1 and cin == cout
-                     else minires.nn.Sequential(minires.nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                                minires.nn.BatchNorm2d(cout)))
-
-    def forward(self, x):
-        out = self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
-        return F.residual_add(out, x if self.proj is None else self.proj(x))
-
-
 def test_record_residuals_of_a_model_names_each_record_by_its_block(rng):
     model = minires.nn.Sequential(minires.nn.Conv2d(1, 4, 3, padding=1),
-                                  minires.nn.Sequential(_KerasStyleBlock(4, 4, 1), _KerasStyleBlock(4, 8, 2)))
+                                  minires.nn.Sequential(PortedBlock(4, 4, 1), PortedBlock(4, 8, 2)))
     x = Tensor(rng.standard_normal((2, 1, 6, 6)).astype(np.float32))
     with minires.record_residuals(model) as records:
         out = model(x)

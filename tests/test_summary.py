@@ -15,6 +15,7 @@ import minires.functional as F
 from minires import models, nn
 from minires.cli import main
 from minires.viz import format_count, summary
+from ported_blocks import PortedBlock
 
 # ---------------------------------------------------------------- independent counts
 
@@ -292,23 +293,10 @@ def test_bad_arguments():
 # ---------------------------------------------------------------- residual blocks, found by what they do
 
 
-class _PortedBlock(nn.Module):
-    """A user's block: its own names, a ``proj`` projection, no minires.models base class."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.n1 = nn.BatchNorm2d(cout)
-        self.proj = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
-
-    def forward(self, x):
-        return F.residual_add(self.n1(self.c1(x)), x if self.proj is None else self.proj(x))
-
-
 class _PortedNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stages = nn.Sequential(_PortedBlock(3, 4, 2), _PortedBlock(4, 4))
+        self.stages = nn.Sequential(PortedBlock(3, 4, 2), PortedBlock(4, 4))
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -345,9 +333,10 @@ def test_marks_change_only_the_type_column_and_add_one_line():
 def test_a_users_own_block_is_marked():
     result = summary(_PortedNet(), (1, 3, 8, 8), depth=None, file=io.StringIO())
     assert result.blocks == ["stages.0", "stages.1"]
-    assert _type_cell(result, "stages.0") == "_PortedBlock +" and _type_cell(result, "stages.0.proj") == "Conv2d"
+    assert _type_cell(result, "stages.0") == "PortedBlock +" and _type_cell(result, "stages.0.proj") == "Sequential"
     assert result.text.splitlines()[-1] == "Residual blocks (+):  2: stages.0, stages.1"
-    assert result.total_params == 3 * 4 * 9 + 2 * 4 + 3 * 4 + 4 * 4 * 9 + 2 * 4 + 4 * 2 + 2
+    convs_and_bns = (3 * 4 * 9 + 2 * 4 + 4 * 4 * 9 + 2 * 4 + 3 * 4 + 2 * 4) + (4 * 4 * 9 + 2 * 4) * 2
+    assert result.total_params == convs_and_bns + 4 * 2 + 2
 
 
 def test_a_model_without_residual_add_says_so():
