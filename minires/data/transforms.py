@@ -17,7 +17,7 @@ def _check_batch(images, who):
                          f"{type(images).__name__} of shape {shape}")
 
 
-def _pair(size, who):
+def _crop_size(size, who):
     size = (size, size) if np.isscalar(size) else tuple(size)
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"{who}: size must be a positive int or (height, width), got {size}")
@@ -47,7 +47,7 @@ class RandomCrop:
     """
 
     def __init__(self, size, padding=0):
-        self.size = _pair(size, "RandomCrop")
+        self.size = _crop_size(size, "RandomCrop")
         if int(padding) != padding or padding < 0:
             raise ValueError(f"RandomCrop: padding must be a non-negative int, got {padding}")
         self.padding = int(padding)

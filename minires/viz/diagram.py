@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .. import nn
 from ..autograd import no_grad
+from ..checks import pair
 from ..models.blocks import PadChannels
 from ..residual import record_residuals
 from .summary import _check_input_shape, _example_input, _no_blocks_note
@@ -94,12 +95,8 @@ class Diagram:
 
 # ------------------------------------------------------------------ describing layers
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
 def _stride(s):
-    sh, sw = _pair(s)
+    sh, sw = pair(s)
     if sh == sw:
         return f" /{sh}" if sh != 1 else ""
     return f" /{sh}x{sw}"
@@ -122,13 +119,13 @@ def _describe(name, m, tag=True):
     if isinstance(m, nn.ReLU):
         return "ReLU"
     if isinstance(m, nn.AvgPool2d):  # before MaxPool2d: AvgPool2d subclasses it
-        k = _pair(m.kernel_size)
+        k = pair(m.kernel_size)
         return f"{k[0]}x{k[1]} avg pool{_stride(m.stride)}"
     if isinstance(m, nn.MaxPool2d):
-        k = _pair(m.kernel_size)
+        k = pair(m.kernel_size)
         return f"{k[0]}x{k[1]} max pool{_stride(m.stride)}"
     if isinstance(m, nn.AdaptiveAvgPool2d):
-        return "global avg pool" if _pair(m.output_size) == (1, 1) else f"adaptive avg pool {m.output_size}"
+        return "global avg pool" if pair(m.output_size) == (1, 1) else f"adaptive avg pool {m.output_size}"
     if isinstance(m, nn.Linear):
         return f"fc {m.out_features}"
     if isinstance(m, PadChannels):
