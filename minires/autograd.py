@@ -13,9 +13,16 @@ sees the gradient of a tensor, ``tensor.grad_fn.register_hook(fn)`` sees what
 one Function's backward returned. ``minires.residual`` builds its records
 on the second.
 
+In-place changes are caught as PyTorch catches them: every tensor has a
+version, bumped by each in-place change (``t.data -= lr * g`` in
+``optimizer.step()``, ``increment_version``) and shared with its views.
+``apply`` notes the versions of a Function's inputs and output, and
+``backward`` raises before any Function's backward runs if one that it reads
+(``saved_inputs``, ``saves_output``) has changed since: its gradient would be wrong.
+
 The engine knows tensors only by their attributes (``data``,
-``requires_grad``, ``grad_fn``, ``grad``, and the ``_hooks`` and
-``_retains_grad`` that ``Tensor`` keeps for it); the tensors it makes are of
+``requires_grad``, ``grad_fn``, ``grad``, ``_version``, and the ``_hooks``,
+``_retains_grad`` and ``_version_counter`` that ``Tensor`` keeps for it); the tensors it makes are of
 the class of those it was given, so this module never imports ``tensor``.
 """
 import contextlib
@@ -43,6 +50,11 @@ class _GradMode(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         _state.grad_enabled = self.previous
         return False
+
+
+def increment_version(tensor):
+    """Note that ``tensor``'s array was changed in place by other means (``t.data[...] = v``, a kernel)."""
+    tensor._version_counter[0] += 1
 
 
 def no_grad():
@@ -73,6 +85,11 @@ class Function:
     inputs = ()
     # what register_hook added (a list of this instance's own once there is one)
     _hooks = ()
+    # the positions of the inputs that backward reads (None: all of them, the safe default for a new
+    # op): an in-place change to one of them between forward and backward makes backward raise
+    saved_inputs = None
+    # whether backward reads the output forward returned (Exp's y, Relu's y): then changing it raises too
+    saves_output = False
 
     def forward(self, *args, **params):
         raise NotImplementedError
@@ -93,11 +110,19 @@ class Function:
                                "move them with .to(device) first")
         out = fn.forward(*arrays, **params)
         needs_grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        result = tensor_class(out, requires_grad=needs_grad)
+        base = getattr(out, "base", None)
+        if base is not None:  # a view of an input (reshape, permute, a slice) shares its version counter
+            for t, a in zip(inputs, arrays):
+                if a is not None and (base is a or base is a.base):
+                    result._version_counter = t._version_counter
+                    break
         if not needs_grad:
-            return tensor_class(out)
+            return result
         fn.inputs = inputs
         fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
-        result = tensor_class(out, requires_grad=True)
+        fn.saved_versions = [None if t is None else t._version for t in inputs]
+        fn.output_version = result._version
         result.grad_fn = fn
         return result
 
@@ -210,6 +235,26 @@ def _check_grad(fn, inp, g):
             f"for an input of shape {inp.data.shape} and dtype {inp.data.dtype}")
 
 
+def _check_versions(fn, output):
+    """Raise, as PyTorch does, if a tensor that ``fn``'s backward reads was changed in place since its forward."""
+    saved = range(len(fn.inputs)) if fn.saved_inputs is None else fn.saved_inputs
+    for i in saved:
+        t = fn.inputs[i]
+        if t is not None and t._version != fn.saved_versions[i]:
+            _modified(fn, f"input {i}", t, fn.saved_versions[i])
+    if fn.saves_output and output._version != fn.output_version:
+        _modified(fn, "the output", output, fn.output_version)
+
+
+def _modified(fn, which, t, expected):
+    name = type(fn).__name__
+    raise RuntimeError(
+        f"{name}: one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: {which} of {name} (shape {t.data.shape}, dtype {t.data.dtype}) is at version "
+        f"{t._version}; expected version {expected} instead. Hint: change it after backward (e.g. call "
+        "optimizer.step() after loss.backward()), or change a copy")
+
+
 def backward(root, grad=None, retain_graph=False):
     """Accumulate d(root)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
 
@@ -232,6 +277,9 @@ def backward(root, grad=None, retain_graph=False):
             raise ShapeError(f"backward: grad has shape {grad.shape}, output has shape {root.data.shape}")
 
     order = _topological_order(root)
+    for t in reversed(order):  # before any gradient moves: a refused backward leaves every .grad as it was
+        if t.grad_fn is not None:
+            _check_versions(t.grad_fn, t)
     # id(tensor) -> [gradient array, whether the engine owns it (may add into it in place)]
     grads = {id(root): [grad, True]}
     for t in reversed(order):

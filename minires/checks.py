@@ -5,20 +5,37 @@ mistake is reported where the user made it (``conv2d: expected 3 input
 channels, got 1 (input shape ...)``), and a layer labels the error with its
 own name on the way out (see ``errors``).
 """
+import numpy as np
+
 from .backend import FLOATS
 from .kernels._index import conv_output_size
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor
 
 
-def pair(value, name="size", op=None):
-    """``value`` as a pair of ints: 3 -> (3, 3), (3, 1) -> (3, 1)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            where = f"{op}: " if op else ""
-            raise ValueError(f"{where}{name} must be an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def size(value, name, op, minimum=1):
+    """``value`` as an int of at least ``minimum`` (a channel or feature count, a size), or a clear error."""
+    where = f"{op}: " if op else ""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{where}{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def pair(value, name="size", op=None, minimum=None):
+    """``value`` as a pair of ints: 3 -> (3, 3), (3, 1) -> (3, 1); each at least ``minimum`` when given."""
+    where = f"{op}: " if op else ""
+    if isinstance(value, (tuple, list)) and len(value) != 2:
+        raise ValueError(f"{where}{name} must be an int or a pair, got {value!r}")
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        raise TypeError(f"{where}{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(values) < minimum:
+        bound = {0: "non-negative", 1: "positive"}.get(minimum, f"at least {minimum}")
+        raise ValueError(f"{where}{name} must be {bound}, got {value!r}")
+    return int(values[0]), int(values[1])
 
 
 def floating(op, **tensors):
@@ -47,11 +64,11 @@ def ndim(op, x, expected, what="input"):
 
 def windows(op, x, kernel, stride, padding):
     """The output size (oh, ow) of a sliding window over x (N, C, H, W), or a clear error when it is empty."""
-    oh = conv_output_size(x.shape[2], kernel[0], stride[0], padding[0])
-    ow = conv_output_size(x.shape[3], kernel[1], stride[1], padding[1])
     if min(stride) < 1 or min(kernel) < 1 or min(padding) < 0:
         raise ValueError(f"{op}: kernel {kernel} and stride {stride} must be positive, "
                          f"padding {padding} non-negative")
+    oh = conv_output_size(x.shape[2], kernel[0], stride[0], padding[0])
+    ow = conv_output_size(x.shape[3], kernel[1], stride[1], padding[1])
     if oh < 1 or ow < 1:
         raise ShapeError(f"a {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
                          f"the input of shape {x.shape}", op=op)

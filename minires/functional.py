@@ -11,7 +11,7 @@ option-A shortcut live in ``minires.residual``; they are here too, as
 import numpy as np
 
 from . import ops
-from .autograd import Function
+from .autograd import Function, increment_version
 from .backend import array_module
 from .checks import floating as _floating, ndim as _ndim, pair as _pair, windows as _windows
 from .errors import DTypeError, ShapeError
@@ -27,6 +27,8 @@ class Conv2dFunction(Function):
 
     dx = col2im(W^T dy), dW = dy im2col(x)^T, db = sum of dy over (N, H, W).
     """
+
+    saved_inputs = (0, 1)  # x and the weight, not the bias
 
     def forward(self, x, weight, bias, stride, padding):
         self.kernels = for_array(x)
@@ -58,7 +60,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     _floating("conv2d", input=x, weight=weight, bias=bias)
     _ndim("conv2d", x, (4,))
     _ndim("conv2d", weight, (4,), "weight")
-    stride, padding = _pair(stride, "stride", "conv2d"), _pair(padding, "padding", "conv2d")
+    stride, padding = _pair(stride, "stride", "conv2d", 1), _pair(padding, "padding", "conv2d", 0)
     if x.shape[1] != weight.shape[1]:
         raise ShapeError(f"expected {weight.shape[1]} input channels, got {x.shape[1]} "
                          f"(input shape {x.shape}, weight shape {weight.shape})", op="conv2d")
@@ -78,6 +80,8 @@ class BatchNormFunction(Function):
     backward has the two extra terms. Eval: the running statistics are
     constants and dx = dy * weight / sqrt(running_var + eps).
     """
+
+    saved_inputs = (0,)  # the weight is read through scale, computed in forward
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         xp = array_module(x)
@@ -103,11 +107,16 @@ class BatchNormFunction(Function):
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
         self.x, self.mean, self.invstd, self.scale = x, mean, invstd, scale
+        if x.size == 0:  # an empty batch in eval: nothing to normalise (not every kernel takes one)
+            return xp.empty_like(x)
         return self.kernels.batch_norm_forward(x, scale, shift)
 
     def backward(self, grad):
         k, x, mean, invstd = self.kernels, self.x, self.mean, self.invstd
         need_x, need_weight, need_bias = self.needs_input_grad
+        if x.size == 0:
+            zeros = array_module(grad).zeros_like(self.scale)
+            return grad.copy() if need_x else None, zeros if need_weight else None, zeros if need_bias else None
         dx = dweight = dbias = None
         if need_weight or need_bias or (need_x and self.training):
             dbias, dweight = k.batch_norm_grad_sums(grad, x, mean, invstd)
@@ -136,7 +145,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                              f"{name} shape {t.shape})", op="batch_norm")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
-    if training and x.size // c < 2:
+    if training and x.size // max(c, 1) < 2:
         raise ShapeError(f"expected more than 1 value per channel when training, got input shape {x.shape}",
                          op="batch_norm")
     flat = x.ndim == 2
@@ -146,6 +155,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                         running_mean=None if running_mean is None else running_mean.data,
                         running_var=None if running_var is None else running_var.data,
                         training=training, momentum=momentum, eps=eps)
+    for t in (running_mean, running_var) if training else ():
+        if t is not None:
+            increment_version(t)  # updated in place
     return y.reshape(y.shape[0], c) if flat else y
 
 
@@ -168,6 +180,8 @@ def sigmoid(x):
 class MaxPool2dFunction(Function):
     """y = the maximum of each window;  dx = dy routed to the pixel that won the window."""
 
+    saved_inputs = ()  # only where the maxima were
+
     def forward(self, x, kernel, stride, padding):
         self.kernels, self.shape = for_array(x), x.shape
         self.kernel, self.stride, self.padding = kernel, stride, padding
@@ -182,6 +196,8 @@ class MaxPool2dFunction(Function):
 class AvgPool2dFunction(Function):
     """y = the mean of each window (padding counts as zeros);  dx = dy spread evenly over it."""
 
+    saved_inputs = ()
+
     def forward(self, x, kernel, stride, padding):
         self.kernels, self.shape = for_array(x), x.shape
         self.kernel, self.stride, self.padding = kernel, stride, padding
@@ -194,9 +210,9 @@ class AvgPool2dFunction(Function):
 def _pool_args(op, x, kernel_size, stride, padding):
     _floating(op, input=x)
     _ndim(op, x, (4,))
-    kernel = _pair(kernel_size, "kernel_size", op)
-    stride = kernel if stride is None else _pair(stride, "stride", op)
-    padding = _pair(padding, "padding", op)
+    kernel = _pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel if stride is None else _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
     if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
         raise ValueError(f"{op}: padding {padding} must be at most half of the kernel size {kernel}")
     _windows(op, x, kernel, stride, padding)
@@ -221,6 +237,8 @@ class AdaptiveAvgPool2dFunction(Function):
     dx = each output gradient spread evenly over its cell. With output size 1
     this is global average pooling, the head of every ResNet.
     """
+
+    saved_inputs = ()
 
     def forward(self, x, output_size):
         xp = array_module(x)
@@ -249,9 +267,10 @@ def adaptive_avg_pool2d(x, output_size):
     """Average pooling to a fixed output size; ``adaptive_avg_pool2d(x, 1)`` is global average pooling."""
     _floating("adaptive_avg_pool2d", input=x)
     _ndim("adaptive_avg_pool2d", x, (4,))
-    size = _pair(output_size, "output_size", "adaptive_avg_pool2d")
-    if min(size) < 1:
-        raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}")
+    size = _pair(output_size, "output_size", "adaptive_avg_pool2d", 1)
+    if min(x.shape[2:]) < 1:
+        raise ShapeError(f"expected an input with non-zero height and width, got shape {x.shape}",
+                         op="adaptive_avg_pool2d")
     return AdaptiveAvgPool2dFunction.apply(x, output_size=size)
 
 
@@ -259,6 +278,8 @@ def adaptive_avg_pool2d(x, output_size):
 
 class LinearFunction(Function):
     """y = x W^T + b;  dx = dy W, dW = dy^T x, db = sum of dy over the batch."""
+
+    saved_inputs = (0, 1)
 
     def forward(self, x, weight, bias):
         self.x, self.weight, self.has_bias = x, weight, bias is not None
@@ -291,13 +312,17 @@ def linear(x, weight, bias=None):
     return LinearFunction.apply(x, weight, bias)
 
 
-def flatten(x, start_dim=1):
-    """Merge every axis from ``start_dim`` on into one: (N, C, H, W) -> (N, C*H*W)."""
-    return x.reshape(x.shape[:start_dim] + (-1,))
+def flatten(x, start_dim=1, end_dim=-1):
+    """Merge the axes from ``start_dim`` to ``end_dim`` into one: (N, C, H, W) -> (N, C*H*W)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"flatten: input must be a Tensor, got {type(x).__name__}")
+    return x.reshape(ops.flat_shape("flatten", x.shape, start_dim, end_dim))
 
 
 class ConcatFunction(Function):
     """y = [x1, x2, ...] joined along an axis;  dx_i = the slice of dy that x_i became."""
+
+    saved_inputs = ()
 
     def forward(self, *arrays, axis):
         self.axis = axis
@@ -315,13 +340,18 @@ class ConcatFunction(Function):
 
 def concat(tensors, dim=1):
     """Join tensors along ``dim`` (DenseNet joins features this way instead of adding them)."""
+    if isinstance(tensors, Tensor):
+        raise TypeError("concat: expected a sequence of tensors, got one Tensor")
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concat: expected at least one tensor")
     _floating("concat", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
     first = tensors[0].shape
-    dim = dim % len(first)
     for i, t in enumerate(tensors):
+        if not t.ndim:
+            raise ShapeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated", op="concat")
+    dim = ops.dim("concat", dim, first)
+    for t in tensors:
         if t.ndim != len(first) or t.shape[:dim] + t.shape[dim + 1:] != first[:dim] + first[dim + 1:]:
             shapes = ", ".join(str(u.shape) for u in tensors)
             raise ShapeError(f"all shapes must agree except along dim {dim}, got {shapes}", op="concat")
@@ -335,6 +365,8 @@ cat = concat
 
 class LogSoftmaxFunction(Function):
     """y = x - logsumexp(x);  dx = dy - softmax(x) * sum(dy)."""
+
+    saved_inputs, saves_output = (), True
 
     def forward(self, x, axis):
         xp = array_module(x)
@@ -351,16 +383,20 @@ class LogSoftmaxFunction(Function):
 def log_softmax(x, dim=-1):
     """log(softmax(x)) along ``dim``, computed without overflow."""
     _floating("log_softmax", input=x)
-    return LogSoftmaxFunction.apply(x, axis=dim % x.ndim)
+    return LogSoftmaxFunction.apply(x, axis=ops.dim("log_softmax", dim, x.shape))  # a 0-d x: None, all of it
 
 
 def softmax(x, dim=-1):
     """exp(x) / sum(exp(x)) along ``dim``."""
+    _floating("softmax", input=x)
+    ops.dim("softmax", dim, x.shape)
     return log_softmax(x, dim).exp()
 
 
 class CrossEntropyFunction(Function):
     """loss = mean_i(logsumexp(z_i) - z_i[t_i]);  dz_i = (softmax(z_i) - onehot(t_i)) / N."""
+
+    saved_inputs = (1,)  # the labels; the logits are read through the probabilities
 
     def forward(self, logits, target, reduction):
         xp = array_module(logits)
@@ -371,6 +407,8 @@ class CrossEntropyFunction(Function):
         self.probs, self.target, self.reduction = xp.exp(log_probs), target, reduction
         if reduction == "none":
             return losses
+        if reduction == "mean" and not losses.size:
+            return xp.asarray(xp.nan, dtype=logits.dtype)  # an empty batch's mean, as in PyTorch
         return losses.sum() if reduction == "sum" else losses.mean()
 
     def backward(self, grad):
@@ -380,7 +418,7 @@ class CrossEntropyFunction(Function):
         d[xp.arange(n), self.target] -= 1
         if self.reduction == "none":
             return d * grad[:, None], None
-        scale = grad if self.reduction == "sum" else grad / grad.dtype.type(n)
+        scale = grad if self.reduction == "sum" else grad / grad.dtype.type(max(n, 1))
         return d * scale, None
 
 

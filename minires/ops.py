@@ -3,11 +3,91 @@
 Binary ops broadcast like NumPy; their backward sums the gradient back over
 the broadcast axes (``unbroadcast``) so every input gets a gradient of its
 own shape.
+
+``saved_inputs`` and ``saves_output`` say what each backward reads, so that
+backward refuses to run after one of those tensors changed in place (see autograd).
 """
 import numpy as np
 
 from .autograd import Function
 from .backend import array_module, device_of, to_device
+from .errors import ShapeError
+
+
+class DimError(ShapeError, IndexError):
+    """A dim out of range: the IndexError PyTorch raises, and a ShapeError (so a layer labels it)."""
+
+
+def dim(op, d, shape):
+    """``d`` as an axis of an array of ``shape`` (negative counts from the end), or PyTorch's IndexError.
+
+    A 0-d array takes 0 and -1, as in PyTorch, and gives None: it has no axis to name.
+    """
+    ndim = len(shape)
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+        raise TypeError(f"{op}: dim must be an int, got {type(d).__name__} {d!r}")
+    low, high = (-ndim, ndim - 1) if ndim else (-1, 0)
+    if not low <= d <= high:
+        raise DimError(f"dimension out of range (expected to be in range of [{low}, {high}], but got {d}) "
+                       f"for an input of shape {tuple(shape)}", op=op)
+    return int(d) % ndim if ndim else None
+
+
+def dims(op, axis, shape):
+    """The sorted axes that ``axis`` (an int, a sequence of them, or None for all) names, each checked."""
+    if axis is None:
+        return tuple(range(len(shape)))
+    given = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    axes = [a for a in (dim(op, d, shape) for d in given) if a is not None]
+    repeated = [a for a in axes if axes.count(a) > 1]
+    if repeated:
+        raise ShapeError(f"dim {repeated[0]} appears multiple times in the list of dims {given}", op=op)
+    return tuple(sorted(axes))
+
+
+def flat_shape(op, shape, start_dim, end_dim):
+    """``shape`` with the axes start_dim..end_dim merged into one, as torch.flatten (0-d gives (1,))."""
+    start, end = dim(op, start_dim, shape), dim(op, end_dim, shape)
+    if not shape:
+        return (1,)
+    if start > end:
+        raise ShapeError(f"start_dim cannot come after end_dim, got start_dim {start_dim} and end_dim "
+                         f"{end_dim} for shape {shape}", op=op)
+    return shape[:start] + (int(np.prod(shape[start:end + 1])),) + shape[end + 1:]
+
+
+def broadcast_shape(op, a, b):
+    """The shape that shapes ``a`` and ``b`` broadcast to, or a ShapeError naming the op and both."""
+    try:
+        return np.broadcast_shapes(a, b)
+    except ValueError:
+        raise ShapeError(f"shapes {a} and {b} cannot be broadcast together", op=op) from None
+
+
+def _permutation(axes, shape):
+    """``axes`` checked to be a permutation of the axes of ``shape`` (negative ones count from the end)."""
+    if len(axes) != len(shape):
+        raise ShapeError(f"expected {len(shape)} dims for a tensor of shape {shape}, got {axes}", op="permute")
+    checked = tuple(dim("permute", d, shape) for d in axes)
+    if len(set(checked)) != len(checked):
+        raise ShapeError(f"duplicate dims are not allowed, got {axes} (shape {shape})", op="permute")
+    return checked
+
+
+def _reshape_target(shape, x):
+    """``shape`` checked against x as PyTorch checks it: ints, at most one -1, the same number of elements."""
+    for i, n in enumerate(shape):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"reshape: shape must hold ints, got {type(n).__name__} {n!r} in {shape}")
+        if n < -1:
+            raise ShapeError(f"invalid shape dimension {n} at index {i} of shape {shape}", op="reshape")
+    known, inferred = int(np.prod([n for n in shape if n != -1])), list(shape).count(-1)
+    if inferred > 1:
+        raise ShapeError(f"only one dimension can be inferred, got shape {shape}", op="reshape")
+    if (inferred and (known == 0 or x.size % known)) or (not inferred and known != x.size):
+        raise ShapeError(f"shape {shape} is invalid for an input of shape {x.shape} ({x.size} elements)",
+                         op="reshape")
+    return shape
 
 
 def unbroadcast(grad, shape):
@@ -32,6 +112,8 @@ def unbroadcast(grad, shape):
 class Add(Function):
     """y = a + b;  da = dy, db = dy (summed over broadcast axes)."""
 
+    saved_inputs = ()
+
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a + b
@@ -42,6 +124,8 @@ class Add(Function):
 
 class Sub(Function):
     """y = a - b;  da = dy, db = -dy."""
+
+    saved_inputs = ()
 
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
@@ -82,6 +166,8 @@ class Div(Function):
 class Neg(Function):
     """y = -x;  dx = -dy."""
 
+    saved_inputs = ()
+
     def forward(self, x):
         return -x
 
@@ -91,6 +177,8 @@ class Neg(Function):
 
 class Pow(Function):
     """y = a ** b;  da = dy * b * a^(b-1), db = dy * a^b * log(a)."""
+
+    saves_output = True
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -113,7 +201,10 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a @ b
+        try:
+            return a @ b
+        except ValueError:  # NumPy's words name its gufunc signature, not the shapes
+            raise ShapeError(f"shapes {a.shape} and {b.shape} cannot be multiplied", op="matmul") from None
 
     def backward(self, grad):
         # BEGIN EXERCISE autograd.matmul_backward
@@ -138,6 +229,8 @@ class MatMul(Function):
 class Exp(Function):
     """y = exp(x);  dx = dy * y."""
 
+    saved_inputs, saves_output = (), True
+
     def forward(self, x):
         self.y = array_module(x).exp(x)
         return self.y
@@ -160,6 +253,8 @@ class Log(Function):
 class Sqrt(Function):
     """y = sqrt(x);  dx = dy / (2 y)."""
 
+    saved_inputs, saves_output = (), True
+
     def forward(self, x):
         self.y = array_module(x).sqrt(x)
         return self.y
@@ -170,6 +265,8 @@ class Sqrt(Function):
 
 class Relu(Function):
     """y = max(x, 0);  dx = dy where x > 0, else 0."""
+
+    saved_inputs, saves_output = (), True
 
     def forward(self, x):
         self.y = array_module(x).maximum(x, 0)
@@ -182,6 +279,8 @@ class Relu(Function):
 class Sigmoid(Function):
     """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
 
+    saved_inputs, saves_output = (), True
+
     def forward(self, x):
         xp = array_module(x)
         self.y = xp.exp(-xp.logaddexp(0, -x)).astype(x.dtype, copy=False)  # no overflow for large |x|
@@ -192,13 +291,6 @@ class Sigmoid(Function):
 
 
 # ---------------------------------------------------------------- reductions
-
-def _normalize_axis(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim if ndim else 0 for a in axes))
-
 
 def _expand(grad, axes, keepdims):
     """Put back the reduced axes (as size 1) so ``grad`` broadcasts against the input."""
@@ -211,8 +303,10 @@ def _expand(grad, axes, keepdims):
 class Sum(Function):
     """y = sum(x, axis);  dx = dy broadcast back over the summed axes."""
 
+    saved_inputs = ()
+
     def forward(self, x, axis=None, keepdims=False):
-        self.shape, self.axes, self.keepdims = x.shape, _normalize_axis(axis, x.ndim), keepdims
+        self.shape, self.axes, self.keepdims = x.shape, dims("sum", axis, x.shape), keepdims
         return x.sum(axis=self.axes, keepdims=keepdims)
 
     def backward(self, grad):
@@ -223,8 +317,10 @@ class Sum(Function):
 class Mean(Function):
     """y = mean(x, axis);  dx = dy / n broadcast back, n the number of averaged elements."""
 
+    saved_inputs = ()
+
     def forward(self, x, axis=None, keepdims=False):
-        self.shape, self.axes, self.keepdims = x.shape, _normalize_axis(axis, x.ndim), keepdims
+        self.shape, self.axes, self.keepdims = x.shape, dims("mean", axis, x.shape), keepdims
         self.count = 1
         for a in self.axes:
             self.count *= x.shape[a]
@@ -239,8 +335,13 @@ class Mean(Function):
 class Max(Function):
     """y = max(x, axis);  dx = dy at the maxima, shared evenly between ties (like torch.amax)."""
 
+    saved_inputs, saves_output = (0,), True  # the output views self.y
+
     def forward(self, x, axis=None, keepdims=False):
-        self.x, self.axes, self.keepdims = x, _normalize_axis(axis, x.ndim), keepdims
+        self.x, self.axes, self.keepdims = x, dims("max", axis, x.shape), keepdims
+        if any(x.shape[a] == 0 for a in self.axes):
+            raise ShapeError(f"cannot take the maximum over an empty dim (input shape {x.shape}, "
+                             f"dims {self.axes})", op="max")
         self.y = x.max(axis=self.axes, keepdims=True)
         return self.y if keepdims else self.y.reshape([n for i, n in enumerate(x.shape)
                                                       if i not in self.axes])
@@ -256,9 +357,11 @@ class Max(Function):
 class Reshape(Function):
     """y = x viewed with a new shape;  dx = dy viewed with the old one."""
 
+    saved_inputs = ()
+
     def forward(self, x, shape):
         self.shape = x.shape
-        return x.reshape(shape)
+        return x.reshape(_reshape_target(shape, x))
 
     def backward(self, grad):
         return grad.reshape(self.shape)
@@ -267,7 +370,10 @@ class Reshape(Function):
 class Permute(Function):
     """y = x with its axes reordered;  dx = dy with the inverse order."""
 
+    saved_inputs = ()
+
     def forward(self, x, axes):
+        axes = _permutation(axes, x.shape)
         self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
         return x.transpose(axes)
 
@@ -278,9 +384,14 @@ class Permute(Function):
 class GetItem(Function):
     """y = x[index];  dx = zeros with dy scattered (added) back at index."""
 
+    saved_inputs = ()
+
     def forward(self, x, index):
         self.shape, self.dtype, self.index = x.shape, x.dtype, index
-        return x[index]
+        try:
+            return x[index]
+        except IndexError as exc:
+            raise IndexError(f"getitem: {exc} (tensor of shape {x.shape}, index {index!r:.80})") from None
 
     def backward(self, grad):
         xp = array_module(grad)
@@ -292,6 +403,8 @@ class GetItem(Function):
 class ToDevice(Function):
     """y = x copied to another device;  dx = dy copied back."""
 
+    saved_inputs = ()
+
     def forward(self, x, device):
         self.source = device_of(x)
         return to_device(x, device)
@@ -302,6 +415,8 @@ class ToDevice(Function):
 
 class Cast(Function):
     """y = x converted to another floating dtype;  dx = dy converted back."""
+
+    saved_inputs = ()
 
     def forward(self, x, dtype):
         self.source = x.dtype

@@ -29,7 +29,7 @@ import numpy as np
 from . import ops
 from .autograd import Function
 from .backend import array_module
-from .checks import floating, ndim
+from .checks import floating, ndim, size
 from .errors import ShapeError
 from .kernels import for_array
 
@@ -114,12 +114,12 @@ def pad_channels(x, out_channels, stride=1):
     """The option-A shortcut: keep every ``stride``-th pixel and zero-pad the channels."""
     floating("pad_channels", input=x)
     ndim("pad_channels", x, (4,))
+    out_channels = size(out_channels, "out_channels", "pad_channels")
+    stride = size(stride, "stride", "pad_channels")
     if out_channels < x.shape[1]:
         raise ShapeError(f"cannot pad {x.shape[1]} channels down to {out_channels} (input shape {x.shape})",
                          op="pad_channels")
-    if stride < 1:
-        raise ValueError(f"pad_channels: stride must be positive, got {stride}")
-    return PadChannelsFunction.apply(x, out_channels=int(out_channels), stride=int(stride))
+    return PadChannelsFunction.apply(x, out_channels=out_channels, stride=stride)
 
 
 # ---------------------------------------------------------------- the records

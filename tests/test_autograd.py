@@ -6,7 +6,7 @@ import pytest
 
 import minires
 import minires.functional as F
-from minires import Function, Tensor
+from minires import Function, Tensor, optim
 
 pytestmark = pytest.mark.autograd  # the engine's tests of what assignment 1 builds
 
@@ -379,3 +379,185 @@ def test_backward_returning_wrong_shape_is_named():
     x = leaf([1.0, 2.0])
     with pytest.raises(minires.ShapeError, match="WrongShape"):
         WrongShape.apply(x).sum().backward()
+
+
+# ---------------------------------------------------------------- in-place changes after forward
+
+def test_versions_count_in_place_changes_and_views_share_them():
+    x = leaf([1.0, 2.0, 3.0])
+    assert x._version == 0
+    x.data -= 1.0  # through the setter: the same array, changed in place
+    x.data = x.data * 2  # a new array counts too: the tensor's value changed
+    assert x._version == 2
+    v, d, row = x.reshape(3, 1), x.detach(), x[1:]
+    assert v._version == d._version == row._version == 2
+    row.data += 1  # a view's change is its base's change, as in PyTorch
+    assert x._version == v._version == d._version == 3
+    assert (x * 2)._version == 0  # a fresh result has a counter of its own
+    minires.autograd.increment_version(x)
+    assert x._version == 4
+
+
+def test_a_leaf_changed_after_forward_makes_backward_raise_with_pytorchs_words():
+    w, x = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    y = (w * x).sum()
+    w.data -= 0.5
+    with pytest.raises(RuntimeError) as info:
+        y.backward()
+    msg = str(info.value)
+    assert msg.startswith("Mul: one of the variables needed for gradient computation has been modified "
+                          "by an inplace operation")
+    assert "input 0 of Mul (shape (2,)" in msg and "is at version 1; expected version 0 instead" in msg
+    assert w.grad is None and x.grad is None  # nothing was accumulated from a wrong backward
+
+
+def test_a_non_leaf_changed_after_forward_makes_backward_raise():
+    x = leaf([0.5, 1.0])
+    h = x * 3  # a non-leaf that the next op saves
+    y = (h * h).sum()
+    h.data += 1
+    with pytest.raises(RuntimeError, match=r"Mul: .*input 0 of Mul .*version 1; expected version 0"):
+        y.backward()
+
+
+def test_a_saved_output_changed_after_forward_makes_backward_raise():
+    x = leaf([0.5, 1.0])
+    y = x.exp()  # Exp's backward reads y itself
+    y.data *= 2
+    with pytest.raises(RuntimeError, match=r"Exp: .*the output of Exp \(shape \(2,\).*version 1; expected "):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("view", [lambda h: h.reshape(2, 1), lambda h: h[:1], lambda h: h.detach(),
+                                  lambda h: h.T])
+def test_a_change_through_a_view_is_caught(view):
+    x = leaf([0.5, 1.0])
+    h = x * 3
+    y = (h * h).sum()
+    view(h).data += 1  # changes h's memory
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def small_model():
+    minires.manual_seed(0)
+    return minires.nn.Sequential(minires.nn.Conv2d(3, 4, 3), minires.nn.BatchNorm2d(4), minires.nn.ReLU(),
+                                 minires.nn.AdaptiveAvgPool2d(1), minires.nn.Flatten(), minires.nn.Linear(4, 3))
+
+
+def batch():
+    return minires.randn(4, 3, 6, 6, rng=np.random.default_rng(0)), minires.tensor([0, 1, 2, 0])
+
+
+def test_optimizer_step_between_forward_and_backward_raises():
+    model, (x, y) = small_model(), batch()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    loss = F.cross_entropy(model(x), y)
+    opt.step()  # changes the weights the graph saved
+    with pytest.raises(RuntimeError, match=r"LinearFunction: .*input 1 of LinearFunction \(shape \(3, 4\)"):
+        loss.backward()
+
+
+def scale_through_state_dict(model):
+    state = model.state_dict()["5.weight"]  # detached, sharing memory and version counter
+    state.data *= 2
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.load_state_dict(m.state_dict()),
+    lambda m: minires.nn.init.kaiming_normal_(m[0].weight),
+    lambda m: minires.nn.init.constant_(m[5].weight, 0.5),
+    lambda m: setattr(m[0].weight, "data", m[0].weight.data * 2),
+    scale_through_state_dict,
+], ids=["load_state_dict", "kaiming_normal_", "constant_", "data=", "state_dict view"])
+def test_other_in_place_changes_of_weights_raise_too(change):
+    model, (x, y) = small_model(), batch()
+    loss = F.cross_entropy(model(x), y)
+    change(model)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_no_false_alarm_in_training_retain_graph_accumulation_and_gradcheck():
+    model, (x, y) = small_model(), batch()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for _ in range(3):  # forward, backward, step: BatchNorm bumps its buffers in every forward
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)
+    loss.backward()  # unchanged in between: fine
+    opt.zero_grad()
+    for half in (x[:2], x[2:]):  # gradient accumulation over two forwards
+        F.cross_entropy(model(half), y[:2]).backward()
+    opt.step()
+    for fn in (lambda a, b: a * b, lambda a, b: (a @ b.T).exp(), lambda a, b: F.log_softmax(a * b, dim=1)):
+        minires.gradcheck(fn, [leaf(np.random.default_rng(1).standard_normal((2, 3))),
+                               leaf(np.random.default_rng(2).standard_normal((2, 3)))])
+
+
+@pytest.mark.parametrize("name", ["resnet8", "plain8"])
+def test_no_false_alarm_in_a_residual_network_step(name):
+    if name not in minires.models.list():
+        pytest.skip(f"no {name} here")
+    minires.manual_seed(0)
+    model = minires.models.get(name)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x, y = minires.randn(4, 3, 8, 8), minires.tensor([0, 1, 2, 3])
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    loss = F.cross_entropy(model(x), y)
+    opt.step()  # and the same step between forward and backward is caught
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_batch_norm_bumps_its_buffers_when_it_updates_them():
+    bn = minires.nn.BatchNorm2d(2)
+    x = minires.randn(3, 2, 2, 2)
+    bn(x)
+    assert bn.num_batches_tracked._version == bn.running_mean._version == bn.running_var._version == 1
+    bn.eval()(x)
+    assert bn.running_mean._version == 1
+
+
+OPS_VS_TORCH = {  # an op, and whether its backward reads its first input (PyTorch raises iff it does)
+    "add": (lambda a, b: a + b, False), "sub": (lambda a, b: a - b, False), "mul": (lambda a, b: a * b, True),
+    "div": (lambda a, b: a / b, True), "matmul": (lambda a, b: a @ b.T, True),
+    "exp": (lambda a, b: a.exp(), False), "log": (lambda a, b: a.log(), True),
+    "sqrt": (lambda a, b: a.sqrt(), False), "relu": (lambda a, b: a.relu(), False),
+    "sigmoid": (lambda a, b: a.sigmoid(), False), "sum": (lambda a, b: a.sum(1), False),
+    "mean": (lambda a, b: a.mean(0), False), "reshape": (lambda a, b: a.reshape(-1), False),
+    "permute": (lambda a, b: a.permute(1, 0), False), "getitem": (lambda a, b: a[1], False),
+    "linear": (lambda a, b: F.linear(a, b), True), "log_softmax": (lambda a, b: F.log_softmax(a, 1), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS_VS_TORCH))
+def test_which_in_place_changes_raise_agrees_with_pytorch(name, torch):
+    fn, reads_input = OPS_VS_TORCH[name]
+    data = np.random.default_rng(0).uniform(0.5, 2.0, (2, 3))
+    a, b = leaf(data), leaf(data[::-1].copy())
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (data, data[::-1].copy()))
+    tfn = {"linear": lambda a, b: torch.nn.functional.linear(a, b),
+           "log_softmax": lambda a, b: torch.log_softmax(a, 1)}.get(name, fn)
+    y, ty = fn(a, b).sum(), tfn(ta, tb).sum()
+    a.data += 1.0
+    with torch.no_grad():
+        ta.add_(1.0)
+    raised = []
+    for run in (y.backward, ty.backward):
+        try:
+            run()
+            raised.append(False)
+        except RuntimeError as exc:
+            assert "modified by an inplace operation" in str(exc)
+            raised.append(True)
+    assert raised == [reads_input, reads_input], f"{name}: minires raised {raised[0]}, torch {raised[1]}"
+    if not reads_input:  # no alarm: then the gradient is the one PyTorch gives
+        np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), rtol=1e-12)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .. import rng as _rng
+from ..autograd import increment_version
 from ..backend import array_module
 
 
@@ -33,8 +34,10 @@ def _gain(nonlinearity, a=0.0):
 
 
 def _fill(t, values):
+    """Write ``values`` into t's array in place; its version goes up (backward checks it)."""
     xp = array_module(t.data)
     t.data[...] = xp.asarray(values, dtype=t.data.dtype)
+    increment_version(t)
     return t
 
 
@@ -47,8 +50,7 @@ def uniform_(t, a=0.0, b=1.0):
 
 
 def constant_(t, value):
-    t.data[...] = value
-    return t
+    return _fill(t, value)
 
 
 def zeros_(t):

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import functional as F
-from ..checks import pair
+from ..checks import pair, size
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
@@ -23,9 +23,10 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
-        self.stride, self.padding = pair(stride, "stride", "Conv2d"), pair(padding, "padding", "Conv2d")
+        self.in_channels = size(in_channels, "in_channels", "Conv2d")
+        self.out_channels = size(out_channels, "out_channels", "Conv2d")
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d", 1)
+        self.stride, self.padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
         self.weight = Parameter(np.empty((out_channels, in_channels) + self.kernel_size, dtype=np.float32))
         init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         if bias:
@@ -46,6 +47,7 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         super().__init__()
+        num_features = size(num_features, "num_features", "BatchNorm2d")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -87,7 +89,13 @@ class ReLU(Module):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        name, stride = type(self).__name__, kernel_size if stride is None else stride
+        kernel, pad = pair(kernel_size, "kernel_size", name, 1), pair(padding, "padding", name, 0)
+        pair(stride, "stride", name, 1)
+        if 2 * pad[0] > kernel[0] or 2 * pad[1] > kernel[1]:
+            raise ValueError(f"{name}: padding {padding!r} must be at most half of the kernel size "
+                             f"{kernel_size!r}")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
@@ -106,6 +114,7 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
+        pair(output_size, "output_size", "AdaptiveAvgPool2d", 1)
         self.output_size = output_size
 
     def forward(self, x):
@@ -120,7 +129,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features = size(in_features, "in_features", "Linear")
+        self.out_features = size(out_features, "out_features", "Linear")
         bound = 1.0 / math.sqrt(in_features)
         self.weight = init.uniform_(Parameter(np.empty((out_features, in_features), dtype=np.float32)),
                                     -bound, bound)
@@ -137,12 +147,14 @@ class Linear(Module):
 
 
 class Flatten(Module):
-    def __init__(self, start_dim=1):
+    """Merge the axes from ``start_dim`` to ``end_dim`` into one: (N, C, H, W) -> (N, C*H*W)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim = start_dim
+        self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim)
+        return F.flatten(x, self.start_dim, self.end_dim)
 
 
 class CrossEntropyLoss(Module):

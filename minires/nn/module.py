@@ -218,11 +218,10 @@ class Module:
         device = None if device is None else normalize_device(device)
         for t in list(self.parameters()) + list(self.buffers()):
             data = t.data if device is None else to_device(t.data, device)
-            if dtype is not None and data.dtype.kind == "f":
+            if dtype is not None and data.dtype.kind == "f" and data.dtype != dtype:
                 data = data.astype(dtype)
-            t.data = data
-            if t.grad is not None:
-                t.grad = None
+            if data is not t.data:  # moved or cast: a new value (its version goes up), and no grad
+                t.data, t.grad = data, None
         return self
 
     def cpu(self):
@@ -249,7 +248,7 @@ class Module:
 
     def state_dict(self):
         """An ordered mapping from qualified names to the parameters' and buffers' tensors (detached)."""
-        return OrderedDict((name, Tensor(t.data)) for name, t in self._state_items())
+        return OrderedDict((name, t.detach()) for name, t in self._state_items())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` (tensors or arrays, e.g. an ``np.load``-ed .npz).
