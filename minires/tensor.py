@@ -78,7 +78,12 @@ def _operator(fn, reflected=False, true_division=False):
 def _comparison(op):
     """A comparison method: a boolean tensor outside the graph."""
     def method(self, other):
-        return Tensor(op(self.data, other.data if isinstance(other, Tensor) else other))
+        other = other.data if isinstance(other, Tensor) else other
+        try:
+            return Tensor(op(self.data, other))
+        except ValueError:  # name the comparison and both shapes
+            ops.broadcast_shape(op.__name__, self.shape, np.shape(other))
+            raise
     return method
 
 
@@ -199,9 +204,7 @@ class Tensor:
         return self.data.shape[0]
 
     def __iter__(self):
-        if not self.ndim:
-            raise TypeError("iteration over a 0-d tensor")
-        return (self[i] for i in range(len(self)))
+        return (self[i] for i in range(len(self)))  # len() refuses a 0-d tensor, as PyTorch's iter() does
 
     def numpy(self):
         """The data as a NumPy array (copied to the host when it lives on a GPU)."""

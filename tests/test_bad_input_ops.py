@@ -340,6 +340,14 @@ def test_shapes_that_do_not_broadcast_name_the_op_and_both(op, a, b):
         assert BINARY[op](f32(*a), f32(*b)).shape == np.broadcast_shapes(tuple(a), tuple(b))
 
 
+@pytest.mark.parametrize("op", ["eq", "ne", "lt", "le", "gt", "ge"])
+def test_comparisons_that_do_not_broadcast_name_the_comparison(op):
+    import operator
+    raises(ShapeError, lambda: getattr(operator, op)(f32(3, 4), f32(3)), op, "(3, 4)", "(3,)")
+    raises(ShapeError, lambda: getattr(operator, op)(f32(3, 4), np.ones(2)), op, "(2,)")
+    assert getattr(operator, op)(f32(3, 4), f32(4)).dtype == bool
+
+
 @pytest.mark.parametrize("a, b", [((2, 3), (2, 3)), ((3,), (4,)), ((), (3,)), ((2, 3, 4), (3, 4))])
 def test_matmul_shapes_that_do_not_fit(a, b):
     raises(ShapeError, lambda: f32(*a) @ f32(*b), "matmul", str(a), str(b))
