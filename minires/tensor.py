@@ -259,19 +259,16 @@ class Tensor:
     # ------------------------------------------------------------ operators
 
     def _operand(self, other, fn):
-        """``other`` as a tensor, or NotImplemented for what is neither a number, an array nor a list.
-
-        A Python number does not promote this tensor (as in PyTorch): it takes its dtype, except
-        a float meeting integers (float32) and an int meeting bools (int64).
-        """
+        """``other`` as a tensor (NotImplemented if it is no number, array or list); a Python number
+        takes this tensor's dtype, as in PyTorch, but float32 beside integers and int64 beside bools."""
         if isinstance(other, Tensor):
             return other
         if isinstance(other, (int, float, np.integer, np.floating, np.bool_)):  # bool is an int
-            kind = self.dtype.kind
+            dtype = self._data.dtype
             if isinstance(other, (float, np.floating)):
-                dtype = self.dtype if kind == "f" else np.float32
-            else:
-                dtype = np.int64 if kind == "b" and not isinstance(other, (bool, np.bool_)) else self.dtype
+                dtype = dtype if dtype.kind == "f" else np.float32
+            elif dtype.kind == "b" and not isinstance(other, (bool, np.bool_)):
+                dtype = np.int64
             return Tensor(array_module(self._data).asarray(other, dtype=dtype))
         if _is_array(other) or isinstance(other, (list, tuple)):
             return Tensor(other)
@@ -285,11 +282,12 @@ class Tensor:
         if other is NotImplemented:
             return NotImplemented
         a, b = (other, self) if reflected else (self, other)
-        dtype = _promote(a.dtype, b.dtype)
+        da, db = a.dtype, b.dtype
+        dtype = _promote(da, db)
         if true_division and dtype.kind != "f":
             dtype = np.dtype(np.float32)  # int / int is float, as in PyTorch
-        a = a if a.dtype == dtype else a.to(dtype=dtype)
-        b = b if b.dtype == dtype else b.to(dtype=dtype)
+        a = a if da == dtype else a.to(dtype=dtype)
+        b = b if db == dtype else b.to(dtype=dtype)
         try:
             return fn.apply(a, b)
         except ValueError:  # NumPy's broadcasting error names neither the op nor the tensors
