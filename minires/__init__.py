@@ -26,7 +26,7 @@ import numpy as _np
 
 from . import cuda, kernels
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
-from .errors import DTypeError, ShapeError
+from .errors import DimError, DTypeError, ShapeError
 from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 from .residual import ResidualRecord, record_residuals
 from . import functional

@@ -35,3 +35,7 @@ class DTypeError(_LayerError, TypeError):
     def __init__(self, message, op=None):
         TypeError.__init__(self, message)
         self._setup(message, op)
+
+
+class DimError(ShapeError, IndexError):
+    """A dim out of range: the IndexError PyTorch raises, and a ShapeError (so a layer labels it)."""

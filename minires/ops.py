@@ -11,11 +11,7 @@ import numpy as np
 
 from .autograd import Function
 from .backend import array_module, device_of, to_device
-from .errors import ShapeError
-
-
-class DimError(ShapeError, IndexError):
-    """A dim out of range: the IndexError PyTorch raises, and a ShapeError (so a layer labels it)."""
+from .errors import DimError, ShapeError
 
 
 def dim(op, d, shape):

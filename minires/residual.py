@@ -45,6 +45,7 @@ class ResidualAddFunction(Function):
     """
 
     keep_after_backward = ("record",)  # y.grad_fn.record stays readable after backward
+    saved_inputs, saves_output = (), True  # backward reads only y
 
     def forward(self, f, s, relu):
         self.kernels, self.relu = for_array(f), relu
@@ -61,6 +62,8 @@ class PadChannelsFunction(Function):
     The parameter-free option-A shortcut. dx = dy's first C channels, put back
     at the subsampled positions (zero elsewhere).
     """
+
+    saved_inputs = ()  # backward needs only the input's shape
 
     def forward(self, x, out_channels, stride):
         xp = array_module(x)

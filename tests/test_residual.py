@@ -275,3 +275,17 @@ def test_zero_residual_branch_passes_the_gradient_through_exactly(zeroed, rng):
     rec = y.grad_fn.record
     assert np.array_equal(rec.via_shortcut, G * mask)
     assert not np.any(rec.via_residual)
+
+
+def test_the_add_saves_only_its_output_for_backward(rng):
+    """As PyTorch's add + relu: changing an input after the add is harmless, changing y is caught."""
+    f = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    s = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    y = F.residual_add(f, s)
+    s.data = s.data + 1.0  # an in-place change of an input the backward does not read
+    G = rng.standard_normal((2, 3))
+    y.backward(G, retain_graph=True)
+    np.testing.assert_array_equal(f.grad.numpy(), G * (y.numpy() > 0))
+    y.data = y.data * 2.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(G)
