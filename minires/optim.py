@@ -3,14 +3,46 @@
 An optimiser holds ``param_groups`` (lists of parameters with their own
 hyper-parameters, as in PyTorch) and per-parameter ``state`` (momentum
 buffers, Adam's moments). Updates happen in place on ``p.data``, under no
-graph, from ``p.grad``.
+graph, from ``p.grad``. Every hyper-parameter is checked when an optimiser or a
+schedule is built, and when a state dict is loaded: a NaN, an infinity or a value
+out of range is an error that names it (PyTorch lets a NaN learning rate through).
 """
 import copy
 import math
+import numbers
 
 import numpy as np
 
 from .backend import array_module, to_device, to_numpy
+from .tensor import Tensor
+
+
+def check_number(owner, name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
+    """``value`` as a float when it is a finite real number in range, else an error naming ``owner`` and ``name``.
+
+    A NaN or an infinity never passes: one would turn every weight into NaN on the first step.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (math.isfinite(value) and above and below):
+        if high == math.inf:
+            wanted = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}: {name} must be a finite number {wanted}, got {value}")
+    return value
+
+
+def check_count(owner, name, value, low=0):
+    """``value`` as an int when it is a whole number >= ``low`` (not a bool, not 2.5), else an error naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be a whole number, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
+    return int(value)
 
 
 class Optimizer:
@@ -19,28 +51,47 @@ class Optimizer:
     defaults = {}
 
     def __init__(self, params, **hyper):
+        name = type(self).__name__
+        if isinstance(params, (Tensor, dict)):
+            raise TypeError(f"{name}: params must be an iterable of Parameters or of parameter-group dicts "
+                            f"(e.g. model.parameters()), got a single {type(params).__name__}")
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+            raise ValueError(f"{name}: got an empty parameter list")
+        kinds = {isinstance(p, dict) for p in params}
+        if kinds != {isinstance(params[0], dict)}:
+            raise TypeError(f"{name}: params mixes parameters and parameter-group dicts; give one kind")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
-        self.param_groups = []
-        for group in groups:
+        self.param_groups, seen = [], set()
+        for i, group in enumerate(groups):
+            if "params" not in group:
+                raise ValueError(f"{name}: parameter group {i} has no 'params' entry")
             full = dict(self.defaults)
             full.update(hyper)
             full.update({k: v for k, v in group.items() if k != "params"})
-            full["params"] = list(group["params"])
+            full["params"] = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
             full.setdefault("initial_lr", full["lr"])
             for p in full["params"]:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"{name}: expected Parameters (tensors), got a {type(p).__name__} "
+                                    f"in parameter group {i}")
                 if not p.requires_grad:
-                    raise ValueError(f"{type(self).__name__}: a parameter of shape {p.shape} does not require grad")
-            self.param_groups.append(full)
-        self._check(self.param_groups)
+                    raise ValueError(f"{name}: a parameter of shape {p.shape} does not require grad")
+                if id(p) in seen:
+                    raise ValueError(f"{name}: a parameter of shape {p.shape} is given twice; each parameter "
+                                     "may appear in one group only")
+                seen.add(id(p))
+            self.param_groups.append(self.check_group(full))
         self.state = {}  # id(param) -> dict of arrays and counters
 
-    def _check(self, groups):
-        for g in groups:
-            if g["lr"] < 0:
-                raise ValueError(f"{type(self).__name__}: invalid learning rate {g['lr']}")
+    def check_group(self, group):
+        """The group with its hyper-parameters checked (finite, in range); subclasses add their own."""
+        owner = type(self).__name__
+        group["lr"] = check_number(owner, "lr (learning rate)", group["lr"])
+        group["initial_lr"] = check_number(owner, "initial_lr", group["initial_lr"])
+        if "weight_decay" in group:
+            group["weight_decay"] = check_number(owner, "weight_decay", group["weight_decay"])
+        return group
 
     @property
     def lr(self):
@@ -78,32 +129,45 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore hyper-parameters and buffers saved by ``state_dict`` (checked before anything changes)."""
+        where = f"{type(self).__name__}.load_state_dict"
         params = self.params()
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or any(
-                len(g["params"]) != len(full["params"]) for g, full in zip(groups, self.param_groups)):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved parameter groups do not "
-                             "match this optimiser's")
+        try:
+            groups, saved = list(state_dict["param_groups"]), dict(state_dict["state"])
+            counts = [len(g["params"]) for g in groups]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: expected {{'state': {{...}}, 'param_groups': [...]}} as state_dict() "
+                             f"returns, got {state_dict!r:.200}") from None
+        if counts != [len(full["params"]) for full in self.param_groups]:
+            raise ValueError(f"{where}: the saved parameter groups do not match this optimiser's")
+        checked = []
+        for g, full in zip(groups, self.param_groups):
+            merged = dict(full, **{k: copy.deepcopy(v) for k, v in g.items() if k != "params"})
+            try:
+                checked.append(self.check_group(merged))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: saved hyper-parameters refused: {exc}") from None
         new_state = {}
-        for i, s in state_dict["state"].items():
+        for i, s in saved.items():
             i = int(i)
-            if i >= len(params):
-                raise ValueError(f"{type(self).__name__}.load_state_dict: state for parameter {i}, "
-                                 f"but there are {len(params)}")
+            if not 0 <= i < len(params):
+                raise ValueError(f"{where}: state for parameter {i}, but there are {len(params)}")
             p = params[i]
             entry = {}
             for name, v in s.items():
                 if hasattr(v, "shape") and np.ndim(v) > 0:
                     if tuple(v.shape) != p.shape:
-                        raise ValueError(f"{type(self).__name__}.load_state_dict: {name} of parameter {i} has "
+                        raise ValueError(f"{where}: {name} of parameter {i} has "
                                          f"shape {tuple(v.shape)}, the parameter has {p.shape}")
-                    v = to_device(np.array(v, dtype=p.dtype), p.device)
+                    v = np.array(to_numpy(v), dtype=p.dtype)
+                    if not np.isfinite(v).all():
+                        raise ValueError(f"{where}: {name} of parameter {i} holds NaN or infinite values")
+                    v = to_device(v, p.device)
                 elif hasattr(v, "shape"):
                     v = v.item()
                 entry[name] = v
             new_state[id(p)] = entry
-        for g, full in zip(groups, self.param_groups):
-            full.update({k: copy.deepcopy(v) for k, v in g.items() if k != "params"})
+        for merged, full in zip(checked, self.param_groups):
+            full.update(merged)
         self.state = new_state
 
 
@@ -117,10 +181,19 @@ class SGD(Optimizer):
     defaults = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
 
     def __init__(self, params, lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
+
+    def check_group(self, group):
+        group = super().check_group(group)
+        group["momentum"] = check_number("SGD", "momentum", group["momentum"], 0, 1, high_open=True)
+        group["dampening"] = check_number("SGD", "dampening", group["dampening"], 0, 1)
+        if not isinstance(group["nesterov"], (bool, np.bool_)):
+            raise TypeError(f"SGD: nesterov must be True or False, got {group['nesterov']!r}")
+        group["nesterov"] = bool(group["nesterov"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
+        return group
 
     def update(self, p, grad, state, group):
         d = grad
@@ -149,7 +222,17 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def check_group(self, group):
+        group = super().check_group(group)
+        owner, betas = type(self).__name__, group["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = tuple(check_number(owner, f"betas[{i}]", b, 0, 1, high_open=True)
+                               for i, b in enumerate(betas))
+        group["eps"] = check_number(owner, "eps", group["eps"])
+        return group
 
     def update(self, p, grad, state, group):
         xp = array_module(p.data)
@@ -188,6 +271,8 @@ class LRScheduler:
     """Sets every group's lr from its ``initial_lr`` and the step count; call ``step()`` per epoch (or iteration)."""
 
     def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.last_epoch = 0
         self._apply()
@@ -211,7 +296,11 @@ class LRScheduler:
         return {"last_epoch": self.last_epoch}
 
     def load_state_dict(self, state):
-        self.last_epoch = int(state["last_epoch"])
+        """Continue after ``state["last_epoch"]`` steps (a whole number >= 0; anything else changes nothing)."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict) or "last_epoch" not in state:
+            raise ValueError(f"{owner}: expected {{'last_epoch': int}}, got {state!r:.200}")
+        self.last_epoch = check_count(owner, "last_epoch", state["last_epoch"])
         self._apply()
 
 
@@ -219,7 +308,10 @@ class MultiStepLR(LRScheduler):
     """Multiply the lr by ``gamma`` at each milestone: the paper's CIFAR recipe (/10 at 32k and 48k)."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
-        self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+            raise TypeError(f"MultiStepLR: milestones must be a list of step counts, got {milestones!r}")
+        self.milestones = sorted(check_count("MultiStepLR", "a milestone", m) for m in milestones)
+        self.gamma = check_number("MultiStepLR", "gamma", gamma, low_open=True)
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
@@ -230,7 +322,8 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (lr0 - eta_min) (1 + cos(pi t / T_max)) / 2, the closed form."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max, self.eta_min = T_max, eta_min
+        self.T_max = check_count("CosineAnnealingLR", "T_max", T_max, low=1)
+        self.eta_min = check_number("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
@@ -249,7 +342,12 @@ class LinearWarmup(LRScheduler):
     def __init__(self, optimizer, warmup, start_factor=0.1, mode="linear", after=None):
         if mode not in ("linear", "constant"):
             raise ValueError(f"LinearWarmup: mode must be 'linear' or 'constant', got {mode!r}")
-        self.warmup, self.start_factor, self.mode, self.after = int(warmup), start_factor, mode, after
+        if after is not None and not isinstance(after, LRScheduler):
+            raise TypeError(f"LinearWarmup: after must be a schedule (an LRScheduler) or None, "
+                            f"got {type(after).__name__}")
+        self.warmup = check_count("LinearWarmup", "warmup (steps)", warmup)
+        self.start_factor = check_number("LinearWarmup", "start_factor", start_factor, 0, 1, low_open=True)
+        self.mode, self.after = mode, after
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):

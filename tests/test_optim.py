@@ -170,3 +170,35 @@ def test_scheduler_state_roundtrip():
     sched2 = optim.MultiStepLR(opt2, [2], 0.1)
     sched2.load_state_dict(sched.state_dict())
     assert opt2.lr == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name, kwargs, culprit", [
+    ("SGD", dict(lr=-0.1), "lr"), ("SGD", dict(lr=0.1, momentum=-0.9), "momentum"),
+    ("SGD", dict(lr=0.1, weight_decay=-1e-4), "weight_decay"), ("SGD", dict(lr=0.1, nesterov=True), "Nesterov"),
+    ("Adam", dict(lr=-1e-3), "lr"), ("Adam", dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+    ("Adam", dict(betas=(0.9, -0.1)), r"betas\[1\]"), ("Adam", dict(eps=-1e-8), "eps"),
+    ("AdamW", dict(weight_decay=-0.01), "weight_decay"),
+])
+def test_refuses_what_torch_refuses(torch, name, kwargs, culprit):
+    with pytest.raises(ValueError):
+        getattr(torch.optim, name)([torch.zeros(2, requires_grad=True)], **kwargs)
+    with pytest.raises(ValueError, match=culprit):
+        getattr(optim, name)([_param([0.0, 0.0])], **kwargs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("hyper", ["lr", "momentum", "weight_decay"])
+def test_refuses_non_finite_hyperparameters_torch_would_train_on(value, hyper):
+    """PyTorch checks ``lr < 0`` only, so a NaN passes there and turns every weight into NaN at the first step."""
+    with pytest.raises(ValueError, match=f"{hyper}.*finite"):
+        optim.SGD([_param([0.0])], **dict(dict(lr=0.1), **{hyper: value}))
+
+
+def test_accepts_the_edges_of_every_range():
+    p = _param([1.0])
+    optim.SGD([p], lr=0.0, momentum=0.0, dampening=1.0, weight_decay=0.0)
+    optim.Adam([p], lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0)
+    optim.LinearWarmup(optim.SGD([p], lr=0.1), 0, start_factor=1.0)
+    optim.MultiStepLR(optim.SGD([p], lr=0.1), [0, 0])
+    opt = optim.SGD([{"params": [p], "lr": np.float32(0.5)}], lr=0.1)
+    assert opt.lr == 0.5 and type(opt.lr) is float  # numpy scalars become floats: checkpoints hold JSON
