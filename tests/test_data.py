@@ -183,10 +183,26 @@ def test_loader_stacks_a_generic_dataset():
     assert x.dtype == np.float32 and x.shape == (2, 1, 2, 2) and x.numpy()[1].max() == 3
 
 
-@pytest.mark.parametrize("bs", [0, -1, 2.5, True])
+@pytest.mark.parametrize("bs", [0, -1, 2.5, True, "4", None])
 def test_loader_rejects_bad_batch_size(bs):
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(_toy(), bs)
+
+
+@pytest.mark.parametrize("n, bs", [(10, 3), (9, 3), (1, 4), (7, 7), (1437, 359), (1437, 64)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_loader_drop_last_and_len_match_torch(torch, n, bs, drop_last):
+    ours = DataLoader(_toy(n), bs, shuffle=True, drop_last=drop_last, seed=0)
+    theirs = torch.utils.data.DataLoader(list(range(n)), batch_size=bs, shuffle=True, drop_last=drop_last)
+    assert len(ours) == len(theirs)
+    assert [len(y) for _, y in ours] == [len(b) for b in theirs]
+
+
+@pytest.mark.parametrize("name, value", [("shuffle", "yes"), ("shuffle", None), ("drop_last", 1),
+                                         ("drop_last", "False")])
+def test_loader_flags_must_be_booleans_as_in_torch(name, value):
+    with pytest.raises(ValueError, match=name):
+        DataLoader(_toy(), 2, **{name: value})
 
 
 # ---------------------------------------------------------------- transforms

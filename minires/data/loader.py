@@ -1,6 +1,7 @@
 """DataLoader: batches of (images, labels) tensors, shuffled by its own seeded generator."""
 import copy
 import math
+import numbers
 
 import numpy as np
 
@@ -17,13 +18,22 @@ class DataLoader:
     ``minires.rng.generator()`` when ``seed`` is None), and the dataset's batch
     transform draws from the same generator, so a seed fixes every batch.
     ``state_dict()`` / ``load_state_dict()`` carry the generator and epoch
-    count through a checkpoint. ``device="cuda"`` moves every batch to the GPU
-    as it is made (the dataset itself stays in host memory).
+    count through a checkpoint. ``drop_last`` leaves out a last batch smaller
+    than ``batch_size``, as in PyTorch (``len()`` then counts full batches
+    only): batch norm cannot train on one image whose features are 1x1.
+    ``device="cuda"`` moves every batch to the GPU as it is made (the dataset
+    itself stays in host memory).
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, device="cpu"):
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(value, (bool, np.bool_)):  # as PyTorch: "yes" or 0 is a mistake, not a flag
+                raise ValueError(f"DataLoader: {name} must be True or False, got {value!r}")
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(f"DataLoader: expected a dataset with __len__ and __getitem__, got "
+                            f"{type(dataset).__name__}")
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
         self.dataset, self.batch_size = dataset, int(batch_size)
@@ -34,8 +44,12 @@ class DataLoader:
                                "on a machine with an NVIDIA GPU); use device='cpu'")
         if seed is None:
             seed = int(_rng.generator().integers(2 ** 63))
+        try:
+            self.generator = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"DataLoader: seed must be None, an int >= 0 or a sequence of them, got {seed!r} "
+                             f"({exc})") from None
         self.seed = seed
-        self.generator = np.random.default_rng(seed)
         self.epoch = 0          # epochs finished
         self._epoch_start = None  # (epoch, generator state) while an epoch is under way
 
@@ -84,6 +98,10 @@ class DataLoader:
         name = type(self.generator.bit_generator).__name__
         if not isinstance(gen_state, dict) or gen_state.get("bit_generator") != name:
             raise ValueError(f"DataLoader.load_state_dict: the saved generator state is not a {name} state")
+        try:  # on a spare generator first: a damaged state must not leave this one half set
+            type(self.generator.bit_generator)().state = gen_state
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"DataLoader.load_state_dict: the saved {name} state is damaged ({exc})") from None
         self.generator.bit_generator.state = copy.deepcopy(gen_state)
         self.epoch, self._epoch_start = epoch, None
 
