@@ -1,47 +1,93 @@
-"""The ``minires`` command: ``minires summary resnet50``, ``minires convert in.pth out.npz`` ..."""
+"""The ``minires`` command: ``minires train``, ``minires summary resnet50``, ``minires convert in.pth out.npz`` ...
+
+Every verb checks its options before it does any work. Exit status: 0 done; 2 a usage
+error or an input minires cannot use (an option out of range or in conflict with another,
+a file named on the command line that is missing, damaged or of the wrong kind: every
+``ValueError``); 1 a failure while working (a download, a full disk, a run that diverged,
+a missing library) or a bug; 130 interrupted. An error is printed as its whole message; an
+unexpected exception (a bug) as one line, with its traceback only on request: ``--debug``
+or ``MINIRES_DEBUG=1``.
+"""
 import argparse
+import os
 import sys
+import traceback
+
+USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+# what the library raises with a message meant for the user; anything else is a bug
+USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError, MemoryError)
+
+
+class UsageError(ValueError):
+    """The command line asks for something impossible (exit status 2)."""
+
+
+def _at_least(args, low, *names):
+    """Refuse an integer option below ``low``, naming its flag."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def _check_summary(args):
+    from . import models
+    _at_least(args, 1, "input_size", "in_channels", "num_classes")
+    _at_least(args, 0, "depth")
+    kwargs = {k: getattr(args, k) for k in ("num_classes", "in_channels") if getattr(args, k) is not None}
+    args.built = models.get(args.model, **kwargs)  # an unknown name or a bad size is a usage error
 
 
 def _summary(args):
-    from . import models
     from .viz import summary
-    kwargs = {}
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    if args.in_channels is not None:
-        kwargs["in_channels"] = args.in_channels
-    model = models.get(args.model, **kwargs)
-    size = args.input_size or (32 if model.__class__.__name__.startswith(("Cifar", "PreActCifar", "Dense",
-                                                                          "Highway")) else 224)
-    channels = args.in_channels or 3
+    model, size = args.built, args.input_size
+    if size is None:
+        size = 32 if model.__class__.__name__.startswith(("Cifar", "PreActCifar", "Dense", "Highway")) else 224
+    channels = 3 if args.in_channels is None else args.in_channels
     summary(model, (1, channels, size, size), depth=args.depth)
 
 
-def _train(args):
-    from .train import TrainConfig, train
-    overrides = {k: v for k, v in {
+def _train_options(args):
+    """The options given on the command line (those left out keep the run's defaults, or a resumed run's)."""
+    options = {k: v for k, v in {
         "model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay, "seed": args.seed,
         "kernels": args.kernels, "device": args.device, "out": args.out, "data_root": args.data_root,
         "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
         "nesterov": args.nesterov}.items() if v is not None}
     if args.no_augment:
-        overrides["augment"] = False
+        options["augment"] = False
+    return options
+
+
+def _check_train(args):
+    from .train import TrainConfig, checkpoint_path
     if args.resume:
-        run = train(resume=args.resume, progress=not args.quiet, **{k: v for k, v in overrides.items()
-                                                                   if k in ("epochs", "kernels", "device")})
+        checkpoint_path(args.resume)  # its options are checked against the run's when it is read
     else:
-        from . import data, models
-        if overrides.get("model", "resnet20") not in models.list():
-            raise ValueError(f"unknown model {overrides['model']!r}; choose one of: {', '.join(models.list())}")
-        if overrides.get("data", "digits") not in data.list_datasets():
-            raise ValueError(f"unknown dataset {overrides['data']!r}; choose one of: "
-                             f"{', '.join(data.list_datasets())}")
-        run = train(TrainConfig(), progress=not args.quiet, **overrides)
+        args.config = TrainConfig(**_train_options(args))
+
+
+def _train(args):
+    from .train import train
+    if args.resume:
+        run = train(resume=args.resume, progress=not args.quiet, **_train_options(args))
+    else:
+        run = train(args.config, progress=not args.quiet)
     last = run.history[-1]
     print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
           f"run folder: {run.folder}")
+
+
+def _check_eval(args):
+    from .data import dataset_info
+    from .train import checkpoint_path
+    checkpoint_path(args.checkpoint)
+    if args.data is not None:
+        try:
+            dataset_info(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data: {exc}") from None
 
 
 def _eval(args):
@@ -50,23 +96,34 @@ def _eval(args):
     print(f"{data} test set: loss {loss:.4f}, accuracy {100 * acc:.2f}%")
 
 
+def _check_experiment(args):
+    try:
+        args.depth_list = tuple(int(d) for d in args.depths.split(","))
+    except ValueError:
+        raise UsageError(f"--depths must be comma-separated whole numbers such as 8,20,56, got {args.depths!r}") \
+            from None
+
+
 def _experiment(args):
     from .experiments import degradation
-    depths = tuple(int(d) for d in args.depths.split(","))
-    from . import models
-    for d in depths:
-        for kind in ("plain", "resnet"):
-            if f"{kind}{d}" not in models.list():
-                raise ValueError(f"no {kind}{d} model: depths must be 6n+2 with a plain twin "
-                                 "(8, 20, 32, 44, 56, 110)")
-    degradation(data=args.data, depths=depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out, data_root=args.data_root,
-                progress=not args.quiet)
+    degradation(data=args.data, depths=args.depth_list, epochs=args.epochs, batch_size=args.batch_size,
+                lr=args.lr, warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out,
+                data_root=args.data_root, progress=not args.quiet)
 
 
 def _models(args):
     from . import models
     print("\n".join(models.list()))
+
+
+def _check_convert(args):
+    if not os.path.isfile(args.source):
+        raise UsageError(f"no such file: {args.source}")
+    folder = os.path.dirname(os.path.abspath(args.target))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {args.target}: the folder {folder} does not exist")
+    if os.path.abspath(args.target) == os.path.abspath(args.source):
+        raise UsageError(f"the target {args.target} is the source itself; name another file")
 
 
 def _convert(args):
@@ -76,7 +133,11 @@ def _convert(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="minires", description="minires: residual networks from scratch")
+    parser = argparse.ArgumentParser(prog="minires", description="minires: residual networks from scratch",
+                                     epilog="Exit status: 0 done, 1 failed, 2 usage error or unusable input. "
+                                            "--debug (anywhere on the line) or MINIRES_DEBUG=1 shows the traceback "
+                                            "of an error.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a residual network (default: resnet20 on the bundled digits)")
@@ -97,15 +158,16 @@ def build_parser():
     p.add_argument("--kernels", help="kernel backend: numpy (default), numba; on a GPU cupy (default) or numba-cuda")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="parent folder of the run folder (default ./runs)")
-    p.add_argument("--resume", help="a run folder or checkpoint.npz to continue")
+    p.add_argument("--resume", help="a run folder or checkpoint.npz to continue; of the other options only "
+                                    "--epochs (as many or more), --kernels, --device and --data-root may change")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=_train)
+    p.set_defaults(check=_check_train, run=_train)
 
     p = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint or run folder")
     p.add_argument("checkpoint")
     p.add_argument("--data", help="evaluate on another dataset with the same channels and classes")
     p.add_argument("--data-root")
-    p.set_defaults(run=_eval)
+    p.set_defaults(check=_check_eval, run=_eval)
 
     p = sub.add_parser("experiment", help="run a paper's experiment: `minires experiment degradation`")
     p.add_argument("name", choices=["degradation"], help="degradation: plain vs residual nets of growing depth")
@@ -119,7 +181,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=_experiment)
+    p.set_defaults(check=_check_experiment, run=_experiment)
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes, parameters and multiply-adds")
     p.add_argument("model", help="a model name, e.g. resnet50 or resnet20 (see `minires models`)")
@@ -127,7 +189,7 @@ def build_parser():
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--depth", type=int, default=2, help="how deep into the module tree to list rows")
-    p.set_defaults(run=_summary)
+    p.set_defaults(check=_check_summary, run=_summary)
 
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(run=_models)
@@ -135,7 +197,7 @@ def build_parser():
     p = sub.add_parser("convert", help="turn a PyTorch .pth state dict into a minires .npz (needs torch)")
     p.add_argument("source", help="the .pth file (a state dict, or a checkpoint holding one)")
     p.add_argument("target", help="the .npz file to write")
-    p.set_defaults(run=_convert)
+    p.set_defaults(check=_check_convert, run=_convert)
 
     from .bench import add_bench_parser
     add_bench_parser(sub)
@@ -144,17 +206,46 @@ def build_parser():
     return parser
 
 
+def _report(where, exc, usage, debug):
+    """Print ``exc`` for the user and return the exit status: its whole message, or one line for a bug."""
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, USER_ERRORS) and not isinstance(exc, RecursionError) \
+            or type(exc).__module__.startswith("minires."):
+        print(f"{where}: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return USAGE if usage else FAILURE
+    line = " ".join(f"{type(exc).__name__}: {exc}".split()).rstrip(":")
+    hint = "" if debug else "; run it again with --debug (or MINIRES_DEBUG=1) to see the traceback"
+    print(f"{where}: internal error (a bug in minires, please report it): {line}{hint}", file=sys.stderr)
+    return FAILURE
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run the ``minires`` command; returns its exit status (0 done, 1 failed, 2 usage error, 130 interrupted)."""
+    parser = build_parser()
     try:
+        args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+        debug = args.debug or "--debug" in extra or os.environ.get("MINIRES_DEBUG", "") not in ("", "0")
+        extra = [a for a in extra if a != "--debug"]
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
+        return exc.code if isinstance(exc.code, int) else USAGE if exc.code else 0
+    where = " ".join(["minires", args.command] + [getattr(args, "exercises_command", None) or ""]).strip()
+    checked = False
+    try:
+        if getattr(args, "check", None):
+            args.check(args)
+        checked = True
         args.run(args)
-    except (ValueError, OSError, RuntimeError, KeyError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"minires {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"minires {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{where}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`minires models | head -3`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILURE
+    except Exception as exc:  # a ValueError says the input is wrong (ConfigError, CheckpointError ...)
+        return _report(where, exc, not checked or isinstance(exc, ValueError), debug)
     return 0
 
 

@@ -6,11 +6,14 @@ here uses one recipe (optimiser, schedule, seed, data, augmentation); only
 the depth and the presence of shortcuts change.
 """
 import csv
+import io
 import json
 import os
 import time
 
-from .train import Run, TrainConfig
+from . import models
+from .train import ConfigError, Run, TrainConfig
+from .train.folder import save_figure, write_atomic
 from .viz.figure import colors, subplots
 
 
@@ -22,27 +25,32 @@ def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=
     new folder under ``out``: ``degradation.csv`` (one row per model and
     epoch), ``degradation.json``, ``degradation.png`` (training error, solid,
     and test error, dashed, against epochs: plain networks left, ResNets
-    right, as in the paper's Figure 6) and one run folder per model.
+    right, as in the paper's Figure 6) and one run folder per model. Every option is
+    checked (a ``ConfigError``) before any folder is made.
     """
+    if isinstance(depths, (int, str)) or not depths or len(set(depths)) != len(depths):
+        raise ConfigError(f"depths must be distinct depths such as (8, 20, 56), got {depths!r}")
+    names = [f"{kind}{depth}" for depth in depths for kind in ("plain", "resnet")]
+    missing = [name for name in names if name not in models.list()]
+    if missing:
+        raise ConfigError(f"no {missing[0]} model: depths must be 6n+2 with a plain twin (8, 20, 32, 44, 56, 110)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = os.path.join(out, f"degradation-{data}-{stamp}")
+    configs = {name: TrainConfig(model=name, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 warmup_epochs=warmup_epochs, seed=seed, out=folder, data_root=data_root,
+                                 augment=augment) for name in names}
     os.makedirs(folder, exist_ok=False)
     results = {}
-    for depth in depths:
-        for kind in ("plain", "resnet"):
-            name = f"{kind}{depth}"
-            config = TrainConfig(model=name, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 warmup_epochs=warmup_epochs, seed=seed, out=folder, data_root=data_root,
-                                 augment=augment)
-            sub = os.path.join(folder, name)
-            os.makedirs(sub)
-            run = Run(config, folder=sub, progress=progress)
-            started = time.perf_counter()
-            run.fit(log=lambda line, name=name: log(f"{name}: {line}"))
-            results[name] = run.history
-            last = run.history[-1]
-            log(f"{name}: final training error {100 * (1 - last['train_acc']):.2f}%, "
-                f"test error {100 * (1 - last['test_acc']):.2f}% ({time.perf_counter() - started:.0f} s)")
+    for name, config in configs.items():
+        sub = os.path.join(folder, name)
+        os.makedirs(sub)
+        run = Run(config, folder=sub, progress=progress)
+        started = time.perf_counter()
+        run.fit(log=lambda line, name=name: log(f"{name}: {line}"))
+        results[name] = run.history
+        last = run.history[-1]
+        log(f"{name}: final training error {100 * (1 - last['train_acc']):.2f}%, "
+            f"test error {100 * (1 - last['test_acc']):.2f}% ({time.perf_counter() - started:.0f} s)")
     _write(folder, results, depths)
     log(f"degradation experiment written to {folder}")
     return results, folder
@@ -56,13 +64,13 @@ def _write(folder, results, depths):
             rows.append({"model": name, "kind": kind, "depth": int(name[len(kind):]), "epoch": r["epoch"],
                          "train_error": 1 - r["train_acc"], "test_error": 1 - r["test_acc"],
                          "train_loss": r["train_loss"], "test_loss": r["test_loss"]})
-    with open(os.path.join(folder, "degradation.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(folder, "degradation.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    plot_degradation(results, depths).savefig(os.path.join(folder, "degradation.png"), dpi=110)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(os.path.join(folder, "degradation.csv"), table.getvalue().encode())
+    write_atomic(os.path.join(folder, "degradation.json"), json.dumps(rows, indent=1).encode())
+    save_figure(plot_degradation(results, depths), os.path.join(folder, "degradation.png"), dpi=110)
 
 
 def plot_degradation(results, depths):

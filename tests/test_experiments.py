@@ -48,19 +48,25 @@ def test_cli_rejects_a_depth_without_a_plain_twin(capsys):
     assert "no plain9 model" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("flag, expected", [([], None), (["--nesterov"], True), (["--no-nesterov"], False)])
+@pytest.mark.parametrize("flag, expected", [([], True), (["--nesterov"], True), (["--no-nesterov"], False)])
 def test_train_nesterov_flag(monkeypatch, flag, expected):
     import minires.train
     seen = {}
 
-    class Stop(Exception):
-        pass
-
     def fake_train(config=None, progress=True, **overrides):
-        seen.update(overrides)
-        raise Stop
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before any training
 
     monkeypatch.setattr(minires.train, "train", fake_train)
-    with pytest.raises(Stop):
-        cli.main(["train", "--quiet", *flag])
-    assert seen.get("nesterov") is expected
+    assert cli.main(["train", "--quiet", *flag]) == 130
+    assert seen["config"].nesterov is expected
+
+
+@pytest.mark.parametrize("kwargs, culprit", [(dict(epochs=0), "--epochs"), (dict(lr=float("nan")), "--lr"),
+                                             (dict(depths=(8, 9)), "plain9"), (dict(depths=()), "depths"),
+                                             (dict(warmup_epochs=-1), "--warmup-epochs")])
+def test_degradation_checks_every_option_before_it_makes_a_folder(tmp_path, kwargs, culprit):
+    from minires.train import ConfigError
+    with pytest.raises(ConfigError, match=culprit):
+        experiments.degradation(**dict(dict(depths=(8,), epochs=1, out=str(tmp_path), progress=False), **kwargs))
+    assert os.listdir(tmp_path) == []

@@ -364,3 +364,17 @@ def test_cli_summary_unknown_model(capsys):
     assert main(["summary", "resnet7"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet7'" in err and "resnet20" in err
+
+
+def test_cli_summary_uses_the_sizes_it_is_given(capsys):
+    assert main(["summary", "resnet20", "--in-channels", "1", "--input-size", "8", "--num-classes", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "[1, 1, 8, 8]" in out and "[1, 7]" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--input-size", "0"), ("--in-channels", "0"), ("--num-classes", "0"),
+                                         ("--input-size", "-8"), ("--depth", "-1")])
+def test_cli_summary_refuses_sizes_below_one_instead_of_the_defaults(capsys, flag, value):
+    assert main(["summary", "resnet20", flag, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and flag in captured.err and len(captured.err.strip().splitlines()) == 1

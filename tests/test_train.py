@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,9 +138,11 @@ def test_cli_bad_input_is_one_clear_line(args, message, capsys):
 
 
 def test_cli_missing_data_folder(tmp_path, capsys):
+    """A download that fails (no network here) is a failure, exit status 1, with its whole message."""
     code, _, err = _cli(["train", "--data", "mnist", "--data-root", str(tmp_path / "nowhere"), "--quiet",
-                         "--out", str(tmp_path)], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere" in err
+                         "--out", str(tmp_path / "runs")], capsys)
+    assert code == 1 and "nowhere" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unwritable_output_folder_message(tmp_path, monkeypatch):
@@ -156,3 +159,79 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for command in ("train", "eval", "experiment", "summary", "models", "convert", "bench", "exercises"):
         assert command in out.stdout
+
+
+# ---------------------------------------------------------------- nothing is lost
+
+
+def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = train.Run(_config(tmp_path, epochs=3), progress=False)
+    run.fit(log=_quiet, until=1)
+    checkpoint = (tmp_path / os.path.basename(run.folder) / "checkpoint.npz").read_bytes()
+    metrics = open(os.path.join(run.folder, "metrics.csv")).read()
+    for group in run.optimizer.param_groups:  # as if --lr had been far too high from epoch 2 on
+        group["initial_lr"] = 1e8
+    with pytest.raises(train.TrainingDiverged, match=r"in epoch 2, step \d+ of 12: .*--lr.*after epoch 1"):
+        run.fit(log=_quiet)
+    assert open(os.path.join(run.folder, "checkpoint.npz"), "rb").read() == checkpoint
+    assert open(os.path.join(run.folder, "metrics.csv")).read() == metrics
+    assert "model.npz" not in os.listdir(run.folder) and run.epoch == 1
+
+
+def test_non_finite_weights_are_never_written(tmp_path, finished_run):
+    run = train.Run(_config(tmp_path), folder=str(tmp_path), progress=False)
+    run.save_checkpoint()
+    good = (tmp_path / "checkpoint.npz").read_bytes()
+    run.model.fc.weight.data[0, 0] = np.nan
+    with pytest.raises(train.TrainingDiverged, match="fc.weight"):
+        run.save_checkpoint()
+    assert (tmp_path / "checkpoint.npz").read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_a_malformed_history_entry_leaves_the_metrics_as_they_were(tmp_path, finished_run):
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run.folder, folder)
+    run = train.Run(_config(tmp_path), folder=str(folder), progress=False)
+    run.load_checkpoint(str(folder / "checkpoint.npz"))
+    before = {name: (folder / name).read_bytes() for name in ("metrics.csv", "metrics.json", "curves.png")}
+    run.history.append({"epoch": 3, "train_loss": 0.1, "bogus": 1.0})
+    with pytest.raises(ValueError):
+        run.write_metrics()
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_resume_removes_what_a_crash_left_half_written(tmp_path):
+    first = train.Run(_config(tmp_path), progress=False)
+    first.fit(log=_quiet, until=1)
+    leftovers = [".tmp-checkpoint.npz-k2j4h1", ".tmp-metrics.csv-x8", ".tmp-model.npz-0", "curves.png.tmp"]
+    for name in leftovers + ["notes.txt", ".tmp-not-ours"]:
+        open(os.path.join(first.folder, name), "w").write("partial")
+    train.train(resume=first.folder, progress=False, log=_quiet)
+    left = set(os.listdir(first.folder))
+    assert not left & set(leftovers) and {"notes.txt", ".tmp-not-ours", "model.npz"} <= left
+
+
+def test_resume_accepts_the_options_the_run_already_has(tmp_path):
+    first = train.Run(_config(tmp_path), progress=False)
+    first.fit(log=_quiet, until=1)
+    run = train.train(resume=first.folder, progress=False, log=_quiet, lr=0.1, batch_size=128, epochs=2)
+    assert run.epoch == 2 and json.load(open(os.path.join(first.folder, "config.json")))["epochs"] == 2
+
+
+FLAT = "tiny_1x1_bn"  # its batch norm sees 1x1 features: a batch of one image cannot be normalised in training
+models.register(lambda in_channels=1, num_classes=10: minires.nn.Sequential(
+    minires.nn.Conv2d(in_channels, 4, 8), minires.nn.BatchNorm2d(4), minires.nn.ReLU(), minires.nn.Flatten(),
+    minires.nn.Linear(4, num_classes)), FLAT)
+
+
+def test_the_training_loader_never_hands_batch_norm_a_batch_of_one(tmp_path):
+    # 1,437 training digits = 2 x 718 + 1: without drop_last the third batch holds one image
+    model = models.get(FLAT)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(minires.randn(1, 1, 8, 8))
+    run = train.train(_config(tmp_path, model=FLAT, batch_size=718, epochs=1), progress=False, log=_quiet)
+    assert run.train_loader.drop_last and len(run.train_loader) == 2
+    default = train.Run(_config(tmp_path, batch_size=64), folder=str(tmp_path / "default"), progress=False)
+    assert not default.train_loader.drop_last and len(default.train_loader) == 23  # 22 x 64 + 29: all kept

@@ -5,8 +5,19 @@ import os
 import sys
 
 from .report import format_heading, format_table
-from .runner import DEVICES, run_bench
-from .workloads import GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS
+from .runner import DEVICES, check_device, resolve_backends, run_bench
+from .workloads import GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS, resolve_workloads
+
+
+def check_cli(args):
+    """The options' errors before anything is measured: the command line reports them as usage errors."""
+    check_device(args.device)
+    resolve_workloads(args.workloads)
+    resolve_backends(args.backend, args.device)
+    for name, low in (("batch_size", 1), ("threads", 1), ("repeat", 1), ("warmup", 0), ("rounds", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
 def run_cli(args):
@@ -44,5 +55,5 @@ def add_bench_parser(subparsers):
                    help=f"small batches, {QUICK_WARMUP} warm-up and {QUICK_REPEAT} timed runs: a smoke test")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
-    p.set_defaults(run=run_cli)
+    p.set_defaults(check=check_cli, run=run_cli)
     return p

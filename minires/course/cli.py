@@ -1,7 +1,12 @@
 """``minires exercises``: list the assignments, make a student copy, grade one."""
-from .assignments import ASSIGNMENTS, EXERCISES
+import os
+from pathlib import Path
+
+from .assignments import ASSIGNMENTS, EXERCISES, select
 from .grading import grade
+from .manifest import MANIFEST
 from .student import make_student
+from .tree import default_source
 
 
 def list_exercises(log=print):
@@ -23,8 +28,30 @@ def _list_cli(args):
     list_exercises()
 
 
+def _check_make_student_cli(args):
+    """The options' errors before anything is copied, in make_student's order: usage errors on the command line."""
+    select(args.assignment, args.exercise)
+    source = Path(args.source).resolve() if args.source else default_source()
+    out = Path(args.out_dir).resolve()
+    if not (source / "pyproject.toml").is_file() or not (source / "minires").is_dir():
+        raise ValueError(f"{source} is not a minires source checkout (no pyproject.toml and minires/)")
+    if (source / MANIFEST).exists():
+        raise ValueError(f"{source} is itself a student copy ({MANIFEST} exists); make copies from the reference")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; choose a new one")
+
+
 def _make_student_cli(args):
     make_student(args.out_dir, source=args.source, assignments=args.assignment, exercises=args.exercise)
+
+
+def _check_grade_cli(args):
+    """The options' errors before any test runs: the command line reports them as usage errors."""
+    select(args.assignment)
+    if not os.path.isdir(args.dir):
+        raise FileNotFoundError(f"no folder {args.dir}")
+    if args.timeout < 1:
+        raise ValueError(f"--timeout must be at least 1 second, got {args.timeout}")
 
 
 def _grade_cli(args):
@@ -54,7 +81,7 @@ def add_exercises_parser(subparsers):
                         "(default: every assignment)")
     q.add_argument("--exercise", action="append", metavar="ID", help="hand out one exercise, e.g. conv.im2col")
     q.add_argument("--source", help="the reference repository (default: the checkout minires is installed from)")
-    q.set_defaults(run=_make_student_cli)
+    q.set_defaults(check=_check_make_student_cli, run=_make_student_cli)
 
     q = sub.add_parser("grade", help="run a copy's exercise tests and count the points",
                        description="Run the exercise tests of DIR (tests/exercises) in a fresh pytest "
@@ -64,5 +91,5 @@ def add_exercises_parser(subparsers):
     q.add_argument("--assignment", action="append", metavar="N", help="grade only assignment N; repeat for more")
     q.add_argument("--json", help="where to write the report (default: DIR/grade.json)")
     q.add_argument("--timeout", type=int, default=900, help="seconds allowed per pytest run (default 900)")
-    q.set_defaults(run=_grade_cli)
+    q.set_defaults(check=_check_grade_cli, run=_grade_cli)
     return p
