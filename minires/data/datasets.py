@@ -11,7 +11,7 @@ import numpy as np
 
 from .dataset import ArrayDataset, DatasetInfo
 from .download import Resource, cache_dir, download
-from .formats import read_cifar10, read_idx_pair, safe_extract
+from .formats import DataFormatError, read_cifar10, read_idx_pair, safe_extract
 
 _DIGITS = tuple(str(d) for d in range(10))
 
@@ -166,7 +166,12 @@ def _load_idx(key, root, train, download_ok):
         folder, names = found[0], plain
     else:
         folder = _locate(key, root, names, download_ok)
-    images, labels = read_idx_pair(*(os.path.join(folder, n) for n in names))
+    paths = [os.path.join(folder, n) for n in names]
+    images, labels = read_idx_pair(*paths, num_classes=INFO[key].num_classes)
+    side = INFO[key].image_size
+    if images.shape[1:] != (side, side):
+        raise DataFormatError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, {key} images are "
+                              f"{side}x{side}; the file is not the expected one")
     images = images.astype(np.float32)
     images /= 255.0
     return images[:, None], labels

@@ -3,17 +3,28 @@
 A file is streamed into a temporary file next to its destination, checked
 (byte count against the server's Content-Length, then the registry's size and
 hash) and only then renamed into place, so the cache never holds a truncated
-or corrupted file under a valid name.
+or corrupted file under a valid name. Each try has an overall deadline besides
+the per-read ``timeout``, so a server that trickles bytes cannot hold a download
+forever. Temporary files carry their host and process id, so the ones a crashed
+download left behind are recognised and removed by the next download.
 """
 import dataclasses
 import hashlib
 import http.client
 import os
+import re
+import shutil
+import socket
+import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
 CHUNK = 1 << 16
+MIN_RATE = 16 * 1024  # bytes per second: the default deadline allows a file this slow a download, no slower
+GRACE = 120           # seconds the default deadline adds for connecting and a slow start
+STALE_AGE = 24 * 3600  # seconds after which a temporary file is stale whoever made it: no download lasts a day
 
 
 class DownloadError(OSError):
@@ -62,23 +73,100 @@ def verify(path, resource):
     return None
 
 
-def _fetch(url, tmp, resource, progress, timeout):
-    """Stream ``url`` into the open file ``tmp``; raise DownloadError if the body is not the size announced."""
+def default_deadline(size):
+    """Seconds a download of ``size`` bytes may take in all: ``GRACE`` plus its time at ``MIN_RATE``, or an hour."""
+    return GRACE + (3600 if size is None else size / MIN_RATE)
+
+
+def _fetch(url, tmp, resource, progress, timeout, deadline):
+    """Stream ``url`` into the open file ``tmp`` within ``deadline`` seconds (None: from the size).
+
+    Raises DownloadError if the body is not the size announced or registered, or
+    if the deadline passes. The deadline is checked between reads, each of
+    which waits at most ``timeout`` seconds.
+    """
     from tqdm.auto import tqdm
 
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    started = time.monotonic()
+    with urllib.request.urlopen(url, timeout=timeout if deadline is None else min(timeout, deadline)) as response:
         announced = response.headers.get("Content-Length")
         announced = int(announced) if announced and announced.isdigit() else None
+        if announced is not None and resource.size is not None and announced != resource.size:
+            raise DownloadError(f"{url}: the server announces {announced} bytes, but {resource.filename} has "
+                                f"{resource.size}; it is not the expected file")
         total = announced if announced is not None else resource.size
+        if deadline is None:
+            deadline = default_deadline(total)
         received = 0
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=resource.filename,
                   disable=not progress, leave=False) as bar:
-            for chunk in iter(lambda: response.read(CHUNK), b""):
+            for chunk in iter(lambda: response.read1(CHUNK), b""):
                 tmp.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                if resource.size is not None and received > resource.size:
+                    raise DownloadError(f"{url}: the server sent more than the {resource.size} bytes of "
+                                        f"{resource.filename}; it is not the expected file")
+                elapsed = time.monotonic() - started
+                if elapsed > deadline and received != total:
+                    raise DownloadError(f"{url}: gave up after {elapsed:.0f} s, the deadline for "
+                                        f"{resource.filename}: only {received} of {total or 'unknown'} bytes "
+                                        "came (a stalled or very slow server)")
     if announced is not None and received != announced:
         raise DownloadError(f"download of {url} was truncated: received {received} of {announced} bytes")
+
+
+def owner_tag():
+    """``host-pid``: which process made a temporary file, so a later one can tell whether it is still alive."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def _alive(pid):
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) would not just ask
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _stale(name, prefix, suffix, mtime, host):
+    """True if the temporary file ``name`` belongs to no running download: its process is gone, or it is old."""
+    if time.time() - mtime > STALE_AGE:
+        return True
+    middle = name[len(prefix):len(name) - len(suffix)]
+    tag = middle.rpartition(".")[0]  # "host-pid" before the random part
+    owner, _, pid = tag.rpartition("-")
+    return owner == host and pid.isdigit() and not _alive(int(pid))
+
+
+def remove_stale(folder, prefix, suffix):
+    """Delete what crashed downloads (or extractions) left in ``folder``: names ``prefix`` + tag + ... + ``suffix``.
+
+    Only files and folders whose process is gone on this host, or that are older
+    than ``STALE_AGE``, go: another process's download in progress is left alone.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    host = owner_tag().rpartition("-")[0]
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not _stale(entry.name, prefix, suffix, info.st_mtime, host):
+                continue
+            if stat.S_ISREG(info.st_mode):
+                os.remove(entry.path)
+            elif stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry.path)
+        except OSError:  # gone already, or not ours to remove
+            pass
 
 
 def _makedirs(folder):
@@ -91,21 +179,26 @@ def _makedirs(folder):
     return missing[::-1]
 
 
-def download(resource, folder, progress=True, timeout=60):
+def download(resource, folder, progress=True, timeout=60, deadline=None):
     """Fetch ``resource`` into ``folder`` (trying each mirror), verify it, and return its path.
 
-    Nothing is left behind on failure: the temporary file is deleted, and so are
-    the folders this call created while they are still empty.
+    ``timeout`` bounds each wait for the server, ``deadline`` each mirror's try
+    in all (default: ``default_deadline`` of the file's size). Nothing is left
+    behind on failure: the temporary file is deleted, and so are the folders
+    this call created while they are still empty. Temporary files that crashed
+    downloads of this file left in ``folder`` are deleted first.
     """
     dest = os.path.join(folder, resource.filename)
     created = _makedirs(folder)
+    prefix = f".{resource.filename}."
+    remove_stale(folder, prefix, ".part")
     failures = []
     try:
         for url in resource.urls:
-            fd, tmp_path = tempfile.mkstemp(prefix=f".{resource.filename}.", suffix=".part", dir=folder)
+            fd, tmp_path = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}.", suffix=".part", dir=folder)
             try:
                 with os.fdopen(fd, "wb") as tmp:
-                    _fetch(url, tmp, resource, progress, timeout)
+                    _fetch(url, tmp, resource, progress, timeout, deadline)
                 problem = verify(tmp_path, resource)
                 if problem is None:
                     os.replace(tmp_path, dest)
@@ -125,4 +218,5 @@ def download(resource, folder, progress=True, timeout=60):
                 os.rmdir(path)
     raise DownloadError(f"could not download {resource.filename} (nothing was saved to {folder}):\n  "
                         + "\n  ".join(failures)
-                        + f"\nWithout a network, copy {resource.filename} into {folder} by hand.")
+                        + f"\nWithout a network, copy {resource.filename} into {folder} by hand; get it from "
+                        f"{' or '.join(resource.urls)} (its {resource.algorithm} is {resource.digest}).")

@@ -5,13 +5,18 @@ numbers, sizes, label ranges) and says which file is wrong and how. Nothing
 here unpickles anything.
 """
 import gzip
+import lzma
+import math
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
 import zlib
 
 import numpy as np
+
+from .download import owner_tag, remove_stale
 
 
 class DataFormatError(ValueError):
@@ -53,7 +58,7 @@ def parse_idx(raw, name="<bytes>", expected_magic=None):
                               f"file has {len(raw)}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a crafted header cannot overflow them
     if len(raw) - header != expected:
         what = "truncated" if len(raw) - header < expected else "has trailing bytes"
         raise DataFormatError(f"{name}: {what}: header says shape {shape} ({expected} data bytes), "
@@ -114,37 +119,82 @@ def _check_member(member, archive):
                               "are allowed, not links or devices")
 
 
+def _member_paths(members, archive):
+    """{member: its normalised relative path}, refusing nameless files, duplicates and file/folder clashes."""
+    paths, files, folders = {}, set(), set()
+    for member in members:
+        _check_member(member, archive)
+        path = posixpath.normpath(member.name.replace("\\", "/"))
+        if member.isdir():
+            folders.add(path)
+            continue
+        if path in (".", ""):
+            raise DataFormatError(f"{archive}: member {member.name!r} is a file without a name; "
+                                  "the archive is damaged")
+        if path in files:
+            raise DataFormatError(f"{archive}: member {member.name!r} appears twice; which copy is meant "
+                                  "cannot be told, so the archive is not the expected one")
+        files.add(path)
+        paths[member] = path
+        parent = posixpath.dirname(path)
+        while parent:
+            folders.add(parent)
+            parent = posixpath.dirname(parent)
+    clash = sorted(files & folders)
+    if clash:
+        raise DataFormatError(f"{archive}: member {clash[0]!r} is both a file and a folder; "
+                              "the archive is damaged")
+    return paths
+
+
+def _check_end(tar, archive):
+    """Read past the last member: only the zero blocks that end a tar may follow (and a gzip CRC is checked).
+
+    tarfile stops quietly at a damaged member header or a cut-off archive as if
+    the archive had ended there; this is where such damage shows.
+    """
+    tar.fileobj.seek(tar.offset)
+    rest = 0
+    for chunk in iter(lambda: tar.fileobj.read(1 << 20), b""):
+        if chunk.count(0) != len(chunk):
+            raise DataFormatError(f"{archive}: damaged tar archive: data follows the end of the archive at byte "
+                                  f"{tar.offset} (a damaged member header?); delete it and download it again")
+        rest += len(chunk)
+    if rest < tarfile.BLOCKSIZE:
+        raise DataFormatError(f"{archive}: truncated tar archive: it stops at byte {tar.offset} without the "
+                              "end-of-archive marker; delete it and download it again")
+
+
 def safe_extract(archive, dest):
     """Extract the tar archive into ``dest``: regular files and folders only, no absolute or '..' paths.
 
     Every member is checked before anything is written, and the files land in a
-    temporary folder that is moved into place only when all of them were read.
-    Returns the relative paths extracted.
+    temporary folder that is moved into place only when all of them were read
+    and the archive proved whole. Staging folders a crashed extraction left
+    behind are removed first. Returns the relative paths extracted.
     """
     os.makedirs(dest, exist_ok=True)
+    remove_stale(dest, ".extract-", "")
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, archive)
-            staging = tempfile.mkdtemp(prefix=".extract-", dir=dest)
+            paths = _member_paths(tar.getmembers(), archive)
+            staging = tempfile.mkdtemp(prefix=f".extract-{owner_tag()}.", dir=dest)
             try:
                 written = []
-                for member in members:
-                    target = os.path.join(staging, member.name)
-                    if member.isdir():
-                        os.makedirs(target, exist_ok=True)
-                        continue
+                for member, rel in paths.items():
+                    target = os.path.join(staging, *rel.split("/"))
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     with tar.extractfile(member) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
-                    written.append(member.name)
+                    written.append(rel)
+                _check_end(tar, archive)
                 for rel in written:
-                    final = os.path.join(dest, rel)
+                    final = os.path.join(dest, *rel.split("/"))
                     os.makedirs(os.path.dirname(final), exist_ok=True)
-                    os.replace(os.path.join(staging, rel), final)
+                    os.replace(os.path.join(staging, *rel.split("/")), final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataFormatError(f"{archive}: damaged tar archive ({exc}); delete it and download it again") from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
+        detail = " ".join(str(exc).split())  # tarfile lists each method it tried on a line of its own
+        raise DataFormatError(f"{archive}: damaged tar archive ({detail}); delete it and download it again") from None
     return written
