@@ -4,6 +4,8 @@ The tests run against DIR's own code: a temporary import root whose
 ``minires`` package is DIR's (and ``minires.kernels`` DIR/kernels), checked
 afterwards, so an installed minires cannot stand in for the student's. The
 grader's own ``pytest_plugin`` records each test's outcome and exercise.
+Student code runs only in that child: the grader reads the copy's manifest
+without executing it, and checks the child's record before trusting it.
 """
 import json
 import os
@@ -66,7 +68,17 @@ def _run_pytest(directory, stage, plugin_dir, args, extra_env, timeout):
     if not out_file.exists():
         tail = (proc.stdout[-2000:] + proc.stderr[-2000:]).strip()
         raise RuntimeError(f"pytest did not run the exercise tests (exit {proc.returncode}):\n{tail}")
-    record = json.loads(out_file.read_text())
+    try:
+        record = json.loads(out_file.read_text(encoding="utf-8"))
+        well_formed = (isinstance(record, dict) and isinstance(record.get("modules"), dict)
+                       and isinstance(record.get("results"), dict)
+                       and all(isinstance(r, dict) and {"outcome", "exercise", "message"} <= r.keys()
+                               for r in record["results"].values()))
+    except (ValueError, OSError):
+        well_formed = False
+    if not well_formed:  # the child runs the student's code, which could have written anything there
+        raise RuntimeError(f"the exercise tests' record {out_file.name} is damaged (exit {proc.returncode}); "
+                           "did a test write to it?")
     record["output"] = proc.stdout[-4000:]
     return record
 
@@ -93,6 +105,21 @@ def answered_questions(directory):
     answers = [c for c in cells if "answer" in c.get("metadata", {}).get("tags", [])]
     filled = sum(1 for c in answers if "".join(c.get("source", "")).strip() not in ("", ANSWER_PLACEHOLDER))
     return filled, len(answers)
+
+
+def _write_atomically(path, text):
+    """Write ``text`` to ``path`` through a temporary file renamed over it: an old report survives a crash."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain write would give, not mkstemp's 0o600
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
 
 
 def grade(directory=".", assignments=None, json_path=None, timeout=900, log=print):
@@ -172,6 +199,6 @@ def grade(directory=".", assignments=None, json_path=None, timeout=900, log=prin
     log(f"{'total':<{width}}  {'':>7}  {total:g} / {possible:g}" +
         (f"  (+ {by_hand:g} points graded by hand)" if by_hand else ""))
     json_path = Path(json_path) if json_path else directory / "grade.json"
-    json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    _write_atomically(json_path, json.dumps(report, indent=1) + "\n")
     log(f"report: {json_path}")
     return report

@@ -4,8 +4,11 @@
 copy: a Python file, so it installs with the package and a copy stays a
 copy wherever it is installed. The reference has none. Tests ask
 ``handed_out()`` and ``is_removed()`` so that they skip what a copy removed;
-``grade`` puts the record in its report.
+``grade`` puts the record in its report. The file is read, never run: its
+assignments are parsed as literals, so a tampered copy's manifest cannot
+execute code in the grader.
 """
+import ast
 from pathlib import Path
 
 from .assignments import ASSIGNMENT_OF
@@ -24,11 +27,50 @@ def manifest_text(handed, modules, functions):
             f"REMOVED_FUNCTIONS = {dict((p, tuple(sorted(n))) for p, n in sorted(functions.items()))!r}\n")
 
 
+_FIELDS = ("ASSIGNMENTS", "EXERCISES", "REMOVED_MODULES", "REMOVED_FUNCTIONS")
+_MAX_BYTES = 1 << 20  # a real manifest is a few kilobytes
+
+
+def _well_formed(name, value):
+    """True if ``value`` has the form ``manifest_text`` writes for ``name``."""
+    if name == "REMOVED_FUNCTIONS":
+        return isinstance(value, dict) and all(isinstance(p, str) and isinstance(n, tuple)
+                                               and all(isinstance(f, str) for f in n) for p, n in value.items())
+    element = int if name == "ASSIGNMENTS" else str
+    return isinstance(value, tuple) and all(isinstance(v, element) for v in value)
+
+
 def load(path):
-    """The manifest file at ``path`` as a dict: assignments, exercises, removed_modules, removed_functions."""
+    """The manifest file at ``path`` as a dict: assignments, exercises, removed_modules, removed_functions.
+
+    Parsed, not executed: only a docstring and ``NAME = literal`` lines are
+    accepted; anything else is a ValueError naming the file and the line.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(_MAX_BYTES + 1)
+    if len(raw) > _MAX_BYTES:
+        raise ValueError(f"{path}: {len(raw) - 1}+ bytes is too large for a student-copy manifest")
+    try:
+        tree = ast.parse(raw.decode("utf-8"), filename=str(path))
+    except (UnicodeDecodeError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable manifest ({type(exc).__name__}: {exc})") from None
     values = {}
-    exec(compile(Path(path).read_text(encoding="utf-8"), str(path), "exec"), {}, values)  # a file we wrote
-    return {k.lower(): v for k, v in values.items() if k.isupper()}
+    for i, node in enumerate(tree.body):
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in _FIELDS):
+            raise ValueError(f"{path}, line {node.lineno}: a manifest holds only assignments of "
+                             f"{', '.join(_FIELDS)}; found something else")
+        try:
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            raise ValueError(f"{path}, line {node.lineno}: {node.targets[0].id} is not a plain literal") from None
+    for name in _FIELDS:
+        if not _well_formed(name, values.get(name)):
+            raise ValueError(f"{path}: {name} is missing or malformed (got {values.get(name)!r:.80})")
+    return {k.lower(): v for k, v in values.items()}
 
 
 def read_manifest(directory):
