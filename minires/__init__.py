@@ -33,7 +33,7 @@ from . import functional
 from . import nn
 from .gradcheck import GradcheckError, gradcheck
 from .rng import manual_seed
-from .serialization import load, save
+from .serialization import SerializationError, load, save
 from .viz import plot_model, summary
 
 float16, float32, float64 = _np.float16, _np.float32, _np.float64

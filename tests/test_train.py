@@ -75,13 +75,24 @@ def _snapshot(model):
     return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def _huge_claim():
+    """A zip whose one member's .npy header claims 4 TiB of float32: reading it must not try to allocate."""
+    import io
+    import zipfile
+    header, out = io.BytesIO(), io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (2 ** 40,)})
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("model/conv1.weight.npy", header.getvalue() + b"\0" * 8)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "huge"])
 def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path, finished_run, damage):
     source = os.path.join(finished_run.folder, "checkpoint.npz")
     bad = tmp_path / "checkpoint.npz"
     data = open(source, "rb").read()
-    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a zip file" * 50,
-                     "empty": b""}[damage])
+    bad.write_bytes({"truncate": lambda: data[: len(data) // 2], "garbage": lambda: b"not a zip file" * 50,
+                     "empty": lambda: b"", "huge": _huge_claim}[damage]())
     run = train.Run(_config(tmp_path), folder=str(tmp_path), progress=False)
     before = _snapshot(run.model)
     with pytest.raises(train.CheckpointError, match="checkpoint.npz"):

@@ -6,10 +6,10 @@ import json
 import math
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
+from ..serialization import load as _load_npz
 from ..serialization import save as _save_npz
 
 CHECKPOINT = "checkpoint.npz"
@@ -88,12 +88,11 @@ def read_checkpoint(path):
     infinite values.
     """
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = dict(_load_npz(path))  # checked member by member: no pickles, no header claiming huge shapes
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, OSError, UnicodeDecodeError) as exc:  # SerializationError is a ValueError
         raise CheckpointError(f"{path} is not a readable minires checkpoint (corrupted or truncated?): "
                               f"{type(exc).__name__}: {exc}") from None
     meta = meta if isinstance(meta, dict) else {}
