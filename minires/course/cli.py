@@ -1,12 +1,9 @@
 """``minires exercises``: list the assignments, make a student copy, grade one."""
 import os
-from pathlib import Path
 
 from .assignments import ASSIGNMENTS, EXERCISES, select
 from .grading import grade
-from .manifest import MANIFEST
-from .student import make_student
-from .tree import default_source
+from .student import check_copy, make_student
 
 
 def list_exercises(log=print):
@@ -31,14 +28,7 @@ def _list_cli(args):
 def _check_make_student_cli(args):
     """The options' errors before anything is copied, in make_student's order: usage errors on the command line."""
     select(args.assignment, args.exercise)
-    source = Path(args.source).resolve() if args.source else default_source()
-    out = Path(args.out_dir).resolve()
-    if not (source / "pyproject.toml").is_file() or not (source / "minires").is_dir():
-        raise ValueError(f"{source} is not a minires source checkout (no pyproject.toml and minires/)")
-    if (source / MANIFEST).exists():
-        raise ValueError(f"{source} is itself a student copy ({MANIFEST} exists); make copies from the reference")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not an empty folder; choose a new one")
+    check_copy(args.out_dir, args.source)
 
 
 def _make_student_cli(args):

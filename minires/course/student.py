@@ -210,8 +210,8 @@ def find_solution_text(copy_root, lines):
     return hits
 
 
-def make_student(out, source=None, assignments=None, exercises=None, log=print):
-    """Write a student copy of ``source`` to ``out`` handing out the chosen exercises; returns the manifest."""
+def check_copy(out, source=None):
+    """(source, out) as absolute paths, or an error saying why no student copy can be made there."""
     source = Path(source).resolve() if source else default_source()
     out = Path(out).resolve()
     if not (source / "pyproject.toml").is_file() or not (source / "minires").is_dir():
@@ -222,6 +222,12 @@ def make_student(out, source=None, assignments=None, exercises=None, log=print):
         raise RuntimeError(f"{out} exists and is not an empty folder; choose a new one")
     if out == source or out in source.parents:
         raise RuntimeError(f"{out} would overwrite the source")
+    return source, out
+
+
+def make_student(out, source=None, assignments=None, exercises=None, log=print):
+    """Write a student copy of ``source`` to ``out`` handing out the chosen exercises; returns the manifest."""
+    source, out = check_copy(out, source)
     handed = select(assignments, exercises)
     files = source_files(source)
     blocks = scan(source, files)
