@@ -36,12 +36,15 @@ def check_number(owner, name, value, low=0.0, high=math.inf, low_open=False, hig
     return value
 
 
-def check_count(owner, name, value, low=0):
-    """``value`` as an int when it is a whole number >= ``low`` (not a bool, not 2.5), else an error naming it."""
+def check_count(owner, name, value, low=0, why=""):
+    """``value`` as an int when it is a whole number >= ``low`` (not a bool, not 2.5), else an error naming it.
+
+    ``why``, when given, ends the message: the reason for the bound.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: {name} must be a whole number, got {value!r} ({type(value).__name__})")
     if value < low:
-        raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
+        raise ValueError(f"{owner}: {name} must be >= {low}, got {value}" + (f": {why}" if why else ""))
     return int(value)
 
 

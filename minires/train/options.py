@@ -79,10 +79,8 @@ class TrainConfig:
             raise ValueError(f"{own}: unknown dataset {self.data!r} (--data); choose one of: "
                              f"{', '.join(list_datasets())}")
         self.epochs = count(own, flag("epochs"), self.epochs, low=1)
-        self.batch_size = count(own, flag("batch_size"), self.batch_size, low=1)
-        if self.batch_size < 2:
-            raise ValueError(f"{own}: {flag('batch_size')} must be >= 2, got {self.batch_size}: batch norm "
-                             "computes its statistics over the images of a batch")
+        self.batch_size = count(own, flag("batch_size"), self.batch_size, low=2,
+                                why="batch norm computes its statistics over the images of a batch")
         self.lr = number(own, flag("lr"), self.lr)
         self.momentum = number(own, flag("momentum"), self.momentum, 0, 1, high_open=True)
         self.weight_decay = number(own, flag("weight_decay"), self.weight_decay)
