@@ -29,10 +29,10 @@ def _pad(x, ph, pw, value=0.0):
 # ---------------------------------------------------------------- im2col / col2im
 
 def im2col(x, kh, kw, stride, padding):
-    """Unfold x (N, C, H, W) into columns (C*kh*kw, N*OH*OW).
+    """Unfold x (N, C, H, W) into columns (C*kh*kw, N*OH*OW); stride and padding are (h, w) pairs.
 
     Row (c, i, j) holds the input pixel that kernel tap (i, j) of channel c
-    sees at every output position, so a convolution becomes one GEMM.
+    sees at every output position (n, oy, ox), so a convolution becomes one GEMM.
     """
     # BEGIN EXERCISE conv.im2col
     # HINT: pad x with _pad, then for each kernel tap (i, j) take one strided slice of the padded image
@@ -51,7 +51,10 @@ def im2col(x, kh, kw, stride, padding):
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
-    """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image (a view of (C, N, H, W) memory)."""
+    """The adjoint of im2col: scatter-add columns back into an (N, C, H, W) image (a view of (C, N, H, W) memory).
+
+    ``x_shape`` is the image's (N, C, H, W); stride and padding are (h, w) pairs, as in im2col.
+    """
     # BEGIN EXERCISE conv.col2im
     # HINT: undo im2col's layout, then add each tap's (i, j) columns into a zero padded image at the
     # HINT: strided positions that tap read (pixels read by several taps get the sum); cut the padding off.
