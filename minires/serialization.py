@@ -75,23 +75,19 @@ def _new_file_mode(path):
         return 0o666 & ~umask
 
 
-def save(obj, path):
-    """Write a Module's state dict (or a mapping of tensors/arrays) to ``path`` as an .npz, atomically.
+def write_atomic(path, write):
+    """Write ``path`` whole or not at all: ``write(f)`` fills a temporary binary file beside it, which is
+    flushed to disk and renamed over ``path`` (keeping an existing file's permissions).
 
-    The file is written exactly at ``path`` (no ".npz" is appended). Returns ``path``.
+    A crash leaves the old file as it was, plus at most a ``.tmp-<name>-*`` file that a run folder
+    removes when it is opened again. Every file minires writes for a user goes through here.
     """
-    arrays = _arrays(obj)
-    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save: cannot write {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"save: cannot write {path}: it is a folder")
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # object arrays were refused above, so nothing is pickled
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -105,13 +101,28 @@ def save(obj, path):
     try:  # make the rename itself durable; not every platform can open a folder
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
-        return path
+        return
     try:
         os.fsync(dir_fd)
     except OSError:
         pass
     finally:
         os.close(dir_fd)
+
+
+def save(obj, path):
+    """Write a Module's state dict (or a mapping of tensors/arrays) to ``path`` as an .npz, atomically.
+
+    The file is written exactly at ``path`` (no ".npz" is appended). Returns ``path``.
+    """
+    arrays = _arrays(obj)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save: cannot write {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save: cannot write {path}: it is a folder")
+    write_atomic(path, lambda f: np.savez(f, **arrays))  # object arrays were refused above: nothing pickled
     return path
 
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..serialization import write_atomic
 from .assignments import ANSWER_PLACEHOLDER, ASSIGNMENTS, EXPERIMENT_NOTEBOOK, get_assignment
 from .manifest import read_manifest
 
@@ -107,21 +108,6 @@ def answered_questions(directory):
     return filled, len(answers)
 
 
-def _write_atomically(path, text):
-    """Write ``text`` to ``path`` through a temporary file renamed over it: an old report survives a crash."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain write would give, not mkstemp's 0o600
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def grade(directory=".", assignments=None, json_path=None, timeout=900, log=print):
     """Run DIR's exercise tests, print passed tests and points per exercise, write a JSON report; returns it."""
     directory = Path(directory).resolve()
@@ -199,6 +185,7 @@ def grade(directory=".", assignments=None, json_path=None, timeout=900, log=prin
     log(f"{'total':<{width}}  {'':>7}  {total:g} / {possible:g}" +
         (f"  (+ {by_hand:g} points graded by hand)" if by_hand else ""))
     json_path = Path(json_path) if json_path else directory / "grade.json"
-    _write_atomically(json_path, json.dumps(report, indent=1) + "\n")
+    text = json.dumps(report, indent=1) + "\n"
+    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))  # an old report survives a crash
     log(f"report: {json_path}")
     return report

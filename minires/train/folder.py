@@ -1,15 +1,14 @@
 """The files of a run folder, each written whole or not at all, and the checkpoint format."""
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from ..serialization import load as _load_npz
+from ..serialization import write_atomic as _write_atomic
 from ..serialization import save as _save_npz
 
 CHECKPOINT = "checkpoint.npz"
@@ -28,22 +27,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def write_atomic(path, data):
-    """Write ``data`` (bytes) to ``path`` whole or not at all: a temporary file beside it, flushed, then renamed."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # what open() would have given, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Write ``data`` (bytes) to ``path`` whole or not at all (``serialization.write_atomic``)."""
+    _write_atomic(path, lambda f: f.write(data))
 
 
 def non_finite(arrays):
