@@ -5,7 +5,7 @@ import os
 import sys
 
 from .report import format_heading, format_table
-from .runner import DEVICES, check_device, resolve_backends, run_bench
+from .runner import DEVICES, check_counts, check_device, resolve_backends, run_bench
 from .workloads import GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS, resolve_workloads
 
 
@@ -14,10 +14,7 @@ def check_cli(args):
     check_device(args.device)
     resolve_workloads(args.workloads)
     resolve_backends(args.backend, args.device)
-    for name, low in (("batch_size", 1), ("threads", 1), ("repeat", 1), ("warmup", 0), ("rounds", 1)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))
 
 
 def run_cli(args):

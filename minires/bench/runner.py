@@ -58,6 +58,17 @@ def _record(workload, framework, backend, device, batch, threads, warmup, answer
             "peak_mib": answer["peak_kib"] / 1024, "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None}
 
 
+COUNTS = (("batch_size", 1), ("threads", 1), ("repeat", 1), ("warmup", 0), ("rounds", 1))  # (option, minimum)
+
+
+def check_counts(values, spell=str):
+    """Raise unless every count in ``values`` (None: its default) is at least its minimum; ``spell`` names it."""
+    for name, low in COUNTS:
+        value = values.get(name)
+        if value is not None and value < low:
+            raise ValueError(f"{spell(name)} must be at least {low}, got {value}")
+
+
 def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repeat=None, warmup=None,
               quick=False, torch=True, log=None, rounds=1, device="cpu"):
     """Measure each workload on each backend (and in PyTorch when installed and ``torch``); return the records.
@@ -71,10 +82,7 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
     """
     device = check_device(device)
     chosen, backends = resolve_workloads(workloads), resolve_backends(backends, device)
-    for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("repeat", repeat, 1),
-                             ("warmup", warmup, 0), ("rounds", rounds, 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
+    check_counts(dict(batch_size=batch_size, threads=threads, repeat=repeat, warmup=warmup, rounds=rounds))
     threads = threads or os.cpu_count() or 1
     frameworks = [("minires", b) for b in backends] + ([("torch", "torch")] if torch and torch_available() else [])
     records = []
