@@ -34,7 +34,8 @@ from minires.data import DataFormatError, DownloadError, formats, get_dataset
 from minires.data import download as dl
 from minires.serialization import SerializationError
 
-from test_download import Server, cifar_tar_bytes, idx_bytes, mnist_files, serve_mnist
+from test_download import cifar_tar_bytes, idx_bytes, mnist_files, serve_mnist
+from test_download import server  # noqa: F401  (the loopback server fixture, shared)
 
 
 def snapshot(folder):
@@ -604,15 +605,6 @@ def test_an_endless_body_stops_at_the_registered_size(tmp_path, slow_server):
     resource = _resource(slow_server, bytes(5000), size=False)  # no size known: the deadline ends it
     refused(lambda: dl.download(resource, tmp_path, progress=False, timeout=5, deadline=0.5), DownloadError,
             tmp_path, "deadline", "of unknown bytes")
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "cache"))
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    s = Server(monkeypatch)
-    yield s
-    s.close()
 
 
 def test_a_server_announcing_the_wrong_size_is_refused_before_the_body(server, tmp_path):
