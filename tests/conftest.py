@@ -53,3 +53,27 @@ def pytest_ignore_collect(collection_path, config):
         return None
     named = {Path(arg.split("::")[0]).resolve() for arg in config.args}
     return None if collection_path.resolve() in named else True
+
+
+def pytest_addoption(parser):
+    parser.addoption("--exercise", action="append", default=[], metavar="ID",
+                     help="run only the tests of course exercise ID, e.g. --exercise conv.im2col "
+                          "(comma list or repeated; `minires exercises list` shows the ids)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--exercise conv.im2col`` keeps the tests marked with that exercise (``-k im2col`` also picks col2im's)."""
+    wanted = {e.strip() for option in config.getoption("--exercise") for e in option.split(",") if e.strip()}
+    if not wanted:
+        return
+    from minires.course import EXERCISES
+    unknown = sorted(wanted - set(EXERCISES))
+    if unknown:
+        raise pytest.UsageError(f"--exercise: no exercise {', '.join(unknown)}; choose from {', '.join(EXERCISES)}")
+    keep, drop = [], []
+    for item in items:
+        ids = {m.args[0] for m in item.iter_markers("exercise") if m.args}
+        (keep if ids & wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -338,3 +338,23 @@ def test_cli_list_and_errors(tmp_path):
     assert busy.returncode == 2 and expected in busy.stderr, busy.stderr
     missing = run("grade", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no folder" in missing.stderr
+
+
+def _collect(*args):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider", "-o", "addopts=",
+                           str(ROOT / "tests" / "exercises"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_one_exercise_is_selected_by_its_id():
+    """``--exercise conv.im2col`` picks im2col's tests and nothing else (``-k im2col`` also picks col2im's)."""
+    done = _collect("--exercise", "conv.im2col")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    chosen = [line for line in done.stdout.splitlines() if "::" in line]
+    assert chosen and all("::test_im2col" in line for line in chosen), chosen
+    k = _collect("-k", "im2col")
+    assert any("col2im" in line for line in k.stdout.splitlines() if "::" in line)  # why the option exists
+    both = _collect("--exercise", "conv.im2col,conv.col2im")
+    assert len([line for line in both.stdout.splitlines() if "::" in line]) > len(chosen)
+    unknown = _collect("--exercise", "conv.nope")
+    assert unknown.returncode == 4 and "no exercise conv.nope" in unknown.stderr
