@@ -6,7 +6,7 @@ Two basic blocks of He et al. (2015), built from minires.functional ops on float
     block 2 (downsampling, 2x):     y = relu(F(x) + pad_channels(x))   # option A: no parameters
 
 For each block the residual add records the two gradients that reach the block input x:
-via_shortcut (through S(x); for an identity that is exactly the upstream gradient, the "1")
+via_shortcut (through S(x); for an identity, the "1")
 and via_residual (through the branch, J_F(x)^T g). Their sum must be x's gradient. Then a
 finite-difference gradient check in float64 on small shapes.
 
@@ -27,6 +27,13 @@ def check(ok, what):
     print(f"  [{'ok' if ok else 'FAIL'}] {what}")
     if not ok:
         failures.append(what)
+
+
+def relu_gradient(y, dy):
+    """The gradient that F.relu sends back to its input y for the upstream gradient dy (by the engine)."""
+    t = minires.tensor(y, requires_grad=True)
+    F.relu(t).backward(dy)
+    return t.grad.data
 
 
 def kaiming_normal(rng, out_channels, in_channels, k, dtype):
@@ -95,14 +102,18 @@ def main():
         check(np.allclose(record.input_grad, block_input.grad.data, rtol=1e-4, atol=1e-6),
               "via_shortcut + via_residual == the gradient at the block input")
 
-    # What the shortcut passes back, computed here from the outputs alone: g = dy * (y > 0) for
-    # y = relu(F(x) + S(x)). For the identity that is g itself (the "1"); for option A, g's first
-    # channels at the kept pixels and zero at every other pixel.
+    # What the shortcut passes back, computed here without the residual add's kernel: the gradient
+    # through the ReLU after the add, by the engine's own ReLU at the block output (relu(y) = y
+    # there, and it is positive where relu(F(x) + S(x)) was).
+    # ANSWER residual.add_backward
+    # For the identity that gradient is what x receives (the "1"); for option A, its first channels
+    # at the kept pixels and zero at every other pixel.
+    # END ANSWER
     ident, down = records
-    g1 = h.grad.data * (h.data > 0)                         # dy of block 1 is the gradient at h
-    g2 = R.data * (y.data > 0)                              # dy of block 2 is R
+    g1 = relu_gradient(h.data, h.grad.data)                 # dy of block 1 is the gradient at h
+    g2 = relu_gradient(y.data, R.data)                      # dy of block 2 is R
     check(np.array_equal(ident.via_shortcut, g1),
-          "identity shortcut: via_shortcut is exactly g = dy * (y > 0), the '1' of 1 + dF/dx")
+          "identity shortcut: via_shortcut is the gradient through the add's ReLU, the '1' of 1 + dF/dx")
     c = down.input_shape[1]
     expected = np.zeros(down.input_shape, np.float32)
     expected[:, :, ::2, ::2] = g2[:, :c]

@@ -31,6 +31,12 @@ class CutDocstring:
 
 
 @dataclass(frozen=True)
+class AnswerText:
+    """A file (Markdown, notebook, tutorial script) with ANSWER spans stating the exercise's answer (answers.py)."""
+    path: str
+
+
+@dataclass(frozen=True)
 class Exercise:
     """One exercise: the block ``id`` in function ``where`` of ``file``, worth ``points``."""
     id: str
@@ -38,7 +44,7 @@ class Exercise:
     where: str         # the function the block sits in, e.g. "Conv2dFunction.backward"
     points: int
     title: str
-    leaks: tuple = ()  # other spots that show the solution (RemoveModule, RemoveFunctions, CutDocstring)
+    leaks: tuple = ()  # other spots that show the solution (RemoveModule, RemoveFunctions, CutDocstring, AnswerText)
     block: bool = True  # False: nothing to cut (the notebook of the experiment)
 
 
@@ -52,6 +58,7 @@ class Assignment:
     tests: str
     exercises: tuple
     graded_by_hand: int = 0  # points given by hand (answers to questions)
+    extras: str = "test"     # what a student installs for it: pip install -e '.[<extras>]'
 
     @property
     def points(self):
@@ -123,14 +130,18 @@ ASSIGNMENTS = (
                             _BACKENDS + (_cuda("batch_norm_grad_sums", "_bn_grad_sums_kernel"),)),
                    Exercise("bn.backward", "kernels/numpy_ref.py", "batch_norm_backward_input", 3,
                             "the input gradient with batch statistics",
-                            _BACKENDS + (_cuda("batch_norm_backward_input", "_bn_backward_dx_kernel"), _BN_DOC)),
+                            _BACKENDS + (_cuda("batch_norm_backward_input", "_bn_backward_dx_kernel"), _BN_DOC,
+                                         AnswerText("tutorials/01_residual_learning.ipynb"))),
                )),
     Assignment(4, "residual", "Residual blocks", "tutorials/assignments/04_residual.md",
                "tests/exercises/test_a4_residual.py", (
                    Exercise("residual.add_backward", "kernels/numpy_ref.py", "residual_add_backward", 2,
                             "the residual add's backward: the 1 of 1 + dF/dx",
                             _BACKENDS + (_cuda("residual_add_backward", "_relu_mask_kernel"),
-                                         CutDocstring("minires/residual.py", "ResidualAddFunction"), _RESIDUAL_DOC)),
+                                         CutDocstring("minires/residual.py", "ResidualAddFunction"), _RESIDUAL_DOC,
+                                         AnswerText("README.md"), AnswerText("tutorials/01_residual_learning.ipynb"),
+                                         AnswerText("tutorials/07_kernels.ipynb"),
+                                         AnswerText("tutorials/residual_block_demo.py"))),
                    Exercise("residual.pad_forward", "minires/residual.py", "PadChannelsFunction.forward", 2,
                             "the option-A shortcut: subsample, zero-pad channels",
                             (CutDocstring("minires/residual.py", "PadChannelsFunction"),)),
@@ -155,7 +166,7 @@ ASSIGNMENTS = (
                             _BACKENDS + (CutDocstring(_CUDA, "residual_add_backward",
                                                       "Returns (grad into the residual branch, grad into "
                                                       "the shortcut)."),)),
-               )),
+               ), extras="test,numba"),
     Assignment(6, "experiment", "Experiment: ResNet-20 against plain-20",
                "tutorials/assignments/06_experiment.md", "tests/exercises/test_a6_experiment.py", (
                    Exercise("experiment.notebook", "tutorials/assignments/06_experiment.ipynb", "", 0,
@@ -168,6 +179,18 @@ ANSWER_PLACEHOLDER = "*Write your answer here.*"
 
 EXERCISES = {e.id: e for a in ASSIGNMENTS for e in a.exercises}
 ASSIGNMENT_OF = {e.id: a for a in ASSIGNMENTS for e in a.exercises}
+
+
+def student_recipe(assignments):
+    """The student's set-up and test commands for a copy handing out ``assignments`` (Assignment objects).
+
+    The one recipe: make-student prints it, the README and the handouts show it (a test checks).
+    """
+    extras = sorted({x for a in assignments for x in a.extras.split(",")}, key=lambda x: (x != "test", x))
+    markers = " or ".join(a.marker for a in assignments)
+    quoted = f"'{markers}'" if " " in markers else markers
+    return [f"python3 -m venv .venv && .venv/bin/pip install -e '.[{','.join(extras)}]'",
+            f".venv/bin/python -m pytest tests/exercises -m {quoted}"]
 
 
 def get_assignment(key):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -108,16 +109,60 @@ def answered_questions(directory):
     return filled, len(answers)
 
 
-def grade(directory=".", assignments=None, json_path=None, timeout=900, log=print):
-    """Run DIR's exercise tests, print passed tests and points per exercise, write a JSON report; returns it."""
+def _removed(ex, manifest):
+    """True when the student copy described by ``manifest`` removed exercise ``ex``'s code without handing it out."""
+    if not manifest or "error" in manifest or ex.id in manifest["exercises"] or not ex.where:
+        return False
+    return ex.file in manifest["removed_modules"] or ex.where in manifest["removed_functions"].get(ex.file, ())
+
+
+def _score(ex, tests):
+    """An exercise's points times the weight share of its passed tests (skipped tests do not count)."""
+    counted = [t for t in tests if t["outcome"] != "skipped"]
+    weight = sum(t.get("weight", 1) for t in counted)
+    passed = sum(t.get("weight", 1) for t in counted if t["outcome"] == "passed")
+    return round(ex.points * passed / weight, 2) if weight else 0.0
+
+
+def _problem(ex, tests, removed):
+    """The first thing a student should look at for this exercise: (test name, message)."""
+    if removed:
+        return "", "removed from this student copy (not handed out): left out of the total"
+    if not tests:
+        return "", "no tests found"
+    bad = next((t for t in tests if t["outcome"] in ("failed", "error")), None)
+    if bad is not None:
+        return bad["test"].rsplit("::", 1)[-1], bad["message"]
+    if all(t["outcome"] == "skipped" for t in tests):
+        return tests[0]["test"].rsplit("::", 1)[-1], "all skipped: " + tests[0]["message"]
+    return "", ""
+
+
+def _default_assignments(manifest):
+    """A student copy is graded on the assignments it was made for; the reference on all of them."""
+    if manifest and "error" not in manifest and manifest["assignments"]:
+        return [get_assignment(n) for n in manifest["assignments"]]
+    return list(ASSIGNMENTS)
+
+
+def grade(directory=".", assignments=None, json_path=None, timeout=900, log=print, test_timeout=None):
+    """Run DIR's exercise tests, print passed tests and points per exercise, write a JSON report; returns it.
+
+    By default a student copy is graded on the assignments it hands out. An
+    exercise the copy removed without handing it out is shown and left out of
+    the total. ``test_timeout``: seconds allowed per test (one endless loop
+    then costs one test); ``timeout``: seconds allowed per pytest run.
+    """
     directory = Path(directory).resolve()
     if not directory.is_dir():
         raise FileNotFoundError(f"no folder {directory}")
     for need in ("minires", "kernels", "tests/exercises"):
         if not (directory / need).is_dir():
             raise FileNotFoundError(f"{directory} has no {need}/: not a minires source tree or student copy")
-    chosen = [get_assignment(k) for k in assignments] if assignments else list(ASSIGNMENTS)
+    manifest = read_manifest(directory)
+    chosen = [get_assignment(k) for k in assignments] if assignments else _default_assignments(manifest)
     cpu_markers = [a.marker for a in chosen if a.marker != "gpu_kernel"]
+    limit = {"MINIRES_GRADE_TEST_TIMEOUT": str(test_timeout)} if test_timeout else {}
     results, started = {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="minires-grade-") as tmp:
         stage, plugin_dir = Path(tmp) / "stage", Path(tmp) / "plugin"
@@ -127,9 +172,9 @@ def grade(directory=".", assignments=None, json_path=None, timeout=900, log=prin
         import_root(directory, stage)
         runs = []
         if cpu_markers:
-            runs.append((["-m", " or ".join(cpu_markers)], {}))
+            runs.append((["-m", " or ".join(cpu_markers)], dict(limit)))
         if any(a.marker == "gpu_kernel" for a in chosen):
-            runs.append((["-m", "gpu_kernel"], {"NUMBA_ENABLE_CUDASIM": "1"}))
+            runs.append((["-m", "gpu_kernel"], dict(limit, NUMBA_ENABLE_CUDASIM="1")))
         for args, env in runs:
             record = _run_pytest(directory, stage, plugin_dir, args, env, timeout)
             _check_imports(directory, record["modules"])
@@ -137,44 +182,55 @@ def grade(directory=".", assignments=None, json_path=None, timeout=900, log=prin
                 if result["outcome"] != "not run" or nodeid not in results:
                     results[nodeid] = result
 
-    report = {"minires_grade": 1, "directory": str(directory),
+    report = {"minires_grade": 2, "directory": str(directory),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - started, 1),
-              "student_copy": read_manifest(directory), "exercises": [], "assignments": []}
+              "student_copy": manifest, "exercises": [], "assignments": []}
     total = possible = by_hand = 0.0
-    rows = []
+    rows, problems = [], []
     for a in chosen:
-        a_points = 0.0
+        a_points = a_possible = 0.0
         for ex in a.exercises:
             tests = [dict(test=k, **v) for k, v in sorted(results.items()) if v["exercise"] == ex.id]
-            counted = [t for t in tests if t["outcome"] != "skipped"]
-            passed = sum(t["outcome"] == "passed" for t in tests)
-            points = round(ex.points * passed / len(counted), 2) if counted else 0.0
-            problem = next((t["message"] for t in tests if t["outcome"] in ("failed", "error")), "")
-            if counted == [] and tests:
-                problem = "all skipped: " + tests[0]["message"]
-            if not tests:
-                problem = "no tests found"
-            a_points += points
+            removed = _removed(ex, manifest)
+            points = _score(ex, tests)
+            outcomes = {o: sum(t["outcome"] in group for t in tests)
+                        for o, group in (("passed", ("passed",)), ("failed", ("failed", "error")),
+                                         ("skipped", ("skipped",)))}
+            test_name, problem = _problem(ex, tests, removed)
+            if not removed:
+                a_points += points
+                a_possible += ex.points
             report["exercises"].append({
-                "id": ex.id, "assignment": a.number, "points": points, "points_possible": ex.points,
-                "passed": passed, "failed": sum(t["outcome"] in ("failed", "error") for t in tests),
-                "skipped": len(tests) - len(counted), "total": len(tests), "tests": tests})
-            rows.append((ex.id, f"{passed}/{len(tests)}", f"{points:g} / {ex.points}", problem))
-        entry = {"number": a.number, "name": a.marker, "points": round(a_points, 2), "points_possible": a.points,
+                "id": ex.id, "assignment": a.number, "points": 0.0 if removed else points,
+                "points_possible": 0 if removed else ex.points, "removed": removed, **outcomes,
+                "total": len(tests), "tests": tests})
+            shown = "removed" if removed else f"{points:g} / {ex.points}"
+            rows.append((ex.id, outcomes["passed"], outcomes["failed"], outcomes["skipped"], shown))
+            if problem:
+                problems.append((ex.id, test_name, problem))
+        entry = {"number": a.number, "name": a.marker, "points": round(a_points, 2), "points_possible": a_possible,
                  "graded_by_hand": a.graded_by_hand}
         if a.graded_by_hand:
             entry["answers"] = answered_questions(directory)
         report["assignments"].append(entry)
         total += a_points
-        possible += a.points
+        possible += a_possible
         by_hand += a.graded_by_hand
     report["total"] = {"points": round(total, 2), "points_possible": possible, "graded_by_hand": by_hand}
+    _print_report(report, rows, problems, log)
+    json_path = Path(json_path) if json_path else directory / "grade.json"
+    text = json.dumps(report, indent=1) + "\n"
+    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))  # an old report survives a crash
+    log(f"report: {json_path}")
+    return report
 
-    width = max(len(r[0]) for r in rows) if rows else 10
-    log(f"{'exercise':<{width}}  {'tests':>7}  {'points':>11}  first problem")
-    for ex_id, tests, points, problem in rows:
-        problem = " ".join(problem.split())
-        log(f"{ex_id:<{width}}  {tests:>7}  {points:>11}  {problem[:90]}")
+
+def _print_report(report, rows, problems, log):
+    """The table (passed, failed and skipped tests apart; points), then each exercise's first problem in full."""
+    width = max([len(r[0]) for r in rows] + [len("exercise")])
+    log(f"{'exercise':<{width}}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'points':>11}")
+    for ex_id, passed, failed, skipped, points in rows:
+        log(f"{ex_id:<{width}}  {passed:>6}  {failed:>6}  {skipped:>7}  {points:>11}")
     for entry in report["assignments"]:
         if entry["graded_by_hand"]:
             answers = entry.get("answers")
@@ -182,10 +238,12 @@ def grade(directory=".", assignments=None, json_path=None, timeout=900, log=prin
                       else f"{EXPERIMENT_NOTEBOOK} not found")
             log(f"assignment {entry['number']} ({entry['name']}): {entry['graded_by_hand']:g} points "
                 f"graded by hand, not counted here ({filled})")
-    log(f"{'total':<{width}}  {'':>7}  {total:g} / {possible:g}" +
-        (f"  (+ {by_hand:g} points graded by hand)" if by_hand else ""))
-    json_path = Path(json_path) if json_path else directory / "grade.json"
-    text = json.dumps(report, indent=1) + "\n"
-    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))  # an old report survives a crash
-    log(f"report: {json_path}")
-    return report
+    t = report["total"]
+    log(f"{'total':<{width}}  {'':>6}  {'':>6}  {'':>7}  {t['points']:g} / {t['points_possible']:g}" +
+        (f"  (+ {t['graded_by_hand']:g} points graded by hand)" if t["graded_by_hand"] else ""))
+    if problems:
+        log("\nfirst problem of each exercise:")
+        for ex_id, test_name, problem in problems:
+            head = f"  {ex_id}" + (f" ({test_name})" if test_name else "") + ":"
+            log(textwrap.fill(" ".join(problem.split()), width=100, initial_indent=head + " ",
+                              subsequent_indent="      ", break_long_words=False, break_on_hyphens=False, max_lines=6, placeholder=" [...]"))

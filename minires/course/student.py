@@ -14,8 +14,9 @@ import re
 import shutil
 from pathlib import Path
 
+from . import answers
 from .assignments import (ASSIGNMENT_OF, EXERCISES, CutDocstring, RemoveFunctions, RemoveModule, get_assignment,
-                          select)
+                          select, student_recipe)
 from .manifest import MANIFEST, load, manifest_text
 from .markers import MarkerError, find_def, parse_blocks, scan, statement_span
 from .tree import default_source, is_exercise_source, source_files
@@ -63,12 +64,13 @@ def _removed_function_lines(node, lines, why):
             f"{indent}    raise NotImplementedError({message})"]
 
 
-def transform_source(text, path, handed, markers, remove_functions=None, cut_docstrings=None):
+def transform_source(text, path, handed, markers, remove_functions=None, cut_docstrings=None, solved=False):
     """The student version of one source: handed-out blocks become a raise, other markers go.
 
     ``handed``: the exercise ids to hand out; ``markers``: id -> its pytest
     marker; ``remove_functions``: {qualname: why}; ``cut_docstrings``:
-    {qualname: text or None}.
+    {qualname: text or None}; ``solved``: keep the handed-out blocks' code
+    (a copy as a student who solved everything would hand it in).
     """
     lines = text.splitlines()
     trailing_newline = text.endswith("\n")
@@ -86,7 +88,7 @@ def transform_source(text, path, handed, markers, remove_functions=None, cut_doc
         removed_spans.append((start, stop))
         edits.append((start, stop, _removed_function_lines(node, lines, why)))
     for b in blocks:
-        if b.id in handed:
+        if b.id in handed and not solved:
             edits.append((b.begin, b.end, _raise_lines(b, markers.get(b.id, "exercise"))))
         else:
             edits.append((b.begin, b.hint_end, []))
@@ -225,8 +227,14 @@ def check_copy(out, source=None):
     return source, out
 
 
-def make_student(out, source=None, assignments=None, exercises=None, log=print):
-    """Write a student copy of ``source`` to ``out`` handing out the chosen exercises; returns the manifest."""
+def make_student(out, source=None, assignments=None, exercises=None, log=print, solved=False):
+    """Write a student copy of ``source`` to ``out`` handing out the chosen exercises; returns the manifest.
+
+    ``solved=True`` (for instructors) makes the copy a student hands in with
+    every exercise solved: all else is removed and blanked as in the real copy,
+    but the handed-out blocks keep the reference code, so one can check that a
+    finished copy passes its whole test suite.
+    """
     source, out = check_copy(out, source)
     handed = select(assignments, exercises)
     files = source_files(source)
@@ -246,6 +254,8 @@ def make_student(out, source=None, assignments=None, exercises=None, log=print):
             if any(b.path == path and b.id in handed and start <= b.begin <= stop for b in blocks.values()):
                 del names[name]
     functions = {p: n for p, n in functions.items() if n}
+    spans = answers.scan(source, files)
+    answers.check_registered(spans)
     for path, why in modules.items():
         inside = [b.id for b in blocks.values() if b.path == path and b.id in handed]
         if inside:
@@ -263,26 +273,33 @@ def make_student(out, source=None, assignments=None, exercises=None, log=print):
         elif is_exercise_source(rel):
             text = src.read_text(encoding="utf-8")
             dst.write_text(transform_source(text, rel, set(handed), markers, functions.get(rel),
-                                            docs.get(rel)), encoding="utf-8")
+                                            docs.get(rel), solved), encoding="utf-8")
         elif rel.endswith(".ipynb"):
-            dst.write_text(strip_notebook(src.read_text(encoding="utf-8")), encoding="utf-8")
+            text = strip_notebook(src.read_text(encoding="utf-8"))
+            dst.write_text(answers.cut_file(text, rel, set(handed)), encoding="utf-8")
+        elif rel in spans:
+            dst.write_text(answers.cut_file(src.read_text(encoding="utf-8"), rel, set(handed)), encoding="utf-8")
         else:
             shutil.copyfile(src, dst)
         shutil.copymode(src, dst)
     (out / MANIFEST).write_text(manifest_text(handed, modules, functions), encoding="utf-8")
 
-    leaks = find_solution_text(out, solution_lines(source, files, blocks, handed))
+    leaks = [] if solved else find_solution_text(out, solution_lines(source, files, blocks, handed))
     if leaks:
         where = "; ".join(f"{p}:{k} ({e})" for p, k, e in leaks[:5])
         raise RuntimeError(f"solution text survived in the student copy at {where}")
+    stated = answers.find_answer_text(out, files, answers.answer_lines(source, files, spans, handed))
+    if stated:
+        where = "; ".join(f"{p} ({e})" for p, e in stated[:5])
+        raise RuntimeError(f"an answer's text (from an ANSWER span) survived in the student copy in {where}")
     numbers = sorted({ASSIGNMENT_OF[i].number for i in handed})
-    log(f"wrote a student copy to {out}: {len(handed)} exercises of assignment(s) "
+    log(f"wrote a {'solved ' if solved else ''}student copy to {out}: {len(handed)} exercises of assignment(s) "
         f"{', '.join(map(str, numbers))}")
     for path, why in sorted(modules.items()):
         log(f"  removed {path} (it would show the solution of {why})")
     for path, names in sorted(functions.items()):
         log(f"  removed from {path}: {', '.join(sorted(names))}")
-    selection = " or ".join(get_assignment(n).marker for n in numbers)
-    log(f"next: cd {out} && python -m venv .venv && .venv/bin/pip install -e '.[test]' && "
-        f".venv/bin/python -m pytest tests/exercises -m '{selection}'")
+    log(f"next, in {out}:")
+    for line in student_recipe([get_assignment(n) for n in numbers]):
+        log(f"  {line}")
     return load(out / MANIFEST)
