@@ -334,8 +334,10 @@ def test_cli_list_and_errors(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     busy = run("make-student", str(tmp_path / "full"))
-    expected = "is itself a student copy" if course.handed_out() else "is not an empty folder"
-    assert busy.returncode == 2 and expected in busy.stderr, busy.stderr
+    assert busy.returncode == 2 and "is not an empty folder" in busy.stderr, busy.stderr
+    if course.handed_out():
+        fresh = run("make-student", str(tmp_path / "new"))
+        assert fresh.returncode == 2 and "is itself a student copy" in fresh.stderr, fresh.stderr
     missing = run("grade", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no folder" in missing.stderr
 
@@ -358,3 +360,80 @@ def test_one_exercise_is_selected_by_its_id():
     assert len([line for line in both.stdout.splitlines() if "::" in line]) > len(chosen)
     unknown = _collect("--exercise", "conv.nope")
     assert unknown.returncode == 4 and "no exercise conv.nope" in unknown.stderr
+
+
+# ---------------------------------------------------------------- answer spans (answers.py)
+
+SPAN_MD = src('''
+    Intro stays.
+
+    <!-- ANSWER residual.add_backward: *(left out)* -->
+    The add hands g to both inputs.
+    <!-- END ANSWER -->
+
+    <!-- ANSWER bn.backward -->
+    dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))
+    <!-- END ANSWER -->
+    Outro stays.
+''')
+
+
+def test_answer_spans_are_cut_when_handed_out_and_unmarked_otherwise():
+    from minires.course import answers
+    cut = answers.cut_text(SPAN_MD, "markdown", {"residual.add_backward"}, "demo.md")
+    assert "*(left out)*" in cut and "hands g to both" not in cut
+    assert "dx = scale * (dy - mean(dy)" in cut and "ANSWER" not in cut
+    assert cut.startswith("Intro stays.") and cut.rstrip().endswith("Outro stays.")
+    default = answers.cut_text(SPAN_MD, "markdown", {"bn.backward"}, "demo.md")
+    assert "dx = scale" not in default and "exercise `bn.backward` asks for it" in default
+    code = src('''
+        def f(dy, y):
+            # ANSWER residual.add_backward: g, _ = kernel(dy, y)
+            g = dy * (y > 0)
+            # END ANSWER
+            return g
+    ''')
+    cut = answers.cut_text(code, "python", {"residual.add_backward"}, "demo.py")
+    assert "    g, _ = kernel(dy, y)\n    return g" in cut and "(y > 0)" not in cut
+    compile(cut, "demo.py", "exec")
+    kept = answers.cut_text(code, "python", set(), "demo.py")
+    assert "g = dy * (y > 0)" in kept and "ANSWER" not in kept
+
+
+@pytest.mark.parametrize("text, words", [
+    ("<!-- ANSWER residual.add_backward -->\nopen\n", ["line 1", "never closed"]),
+    ("text\n<!-- END ANSWER -->\n", ["line 2", "without an ANSWER"]),
+    ("<!-- ANSWER conv.nothing -->\nx\n<!-- END ANSWER -->\n", ["line 1", "conv.nothing", "no exercise"]),
+    ("<!-- ANSWER bn.backward -->\n<!-- ANSWER bn.backward -->\n<!-- END ANSWER -->\n", ["line 2", "nest"]),
+])
+def test_malformed_answer_spans_name_the_file_and_line(text, words):
+    from minires.course import answers
+    with pytest.raises(MarkerError) as err:
+        answers.spans(text, "markdown", "doc.md")
+    for word in ["doc.md"] + words:
+        assert word in str(err.value)
+
+
+def test_answer_spans_in_notebooks_and_their_registration(tmp_path):
+    from minires.course import answers
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": SPAN_MD.splitlines(True)}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    text = json.dumps(nb)
+    cut = json.loads(answers.cut_file(text, "tutorials/x.ipynb", {"residual.add_backward", "bn.backward"}))
+    body = "".join(cut["cells"][0]["source"])
+    assert "hands g to both" not in body and "dx = scale" not in body and "Outro stays." in body
+    (tmp_path / "x.ipynb").write_text(text)
+    found = answers.scan(tmp_path, ["x.ipynb"])
+    assert [e for e, _ in found["x.ipynb"]] == ["residual.add_backward", "bn.backward"]
+    with pytest.raises(MarkerError, match="x.ipynb: an ANSWER span of bn.backward that ASSIGNMENTS does not register"):
+        answers.check_registered(found)
+
+
+@pytest.mark.skipif(bool(course.handed_out()), reason="a student copy: its answer spans are cut")
+def test_the_reference_registers_exactly_its_answer_spans():
+    from minires.course import answers
+    found = answers.scan(ROOT, tree.source_files(ROOT))
+    answers.check_registered(found)  # raises on a span not registered, or a registered file without one
+    ids = {e for items in found.values() for e, _ in items}
+    assert {"residual.add_backward", "bn.backward"} <= ids
+    assert {"README.md", "tutorials/01_residual_learning.ipynb", "tutorials/residual_block_demo.py"} <= set(found)

@@ -244,6 +244,6 @@ def _print_report(report, rows, problems, log):
     if problems:
         log("\nfirst problem of each exercise:")
         for ex_id, test_name, problem in problems:
-            head = f"  {ex_id}" + (f" ({test_name})" if test_name else "") + ":"
-            log(textwrap.fill(" ".join(problem.split()), width=100, initial_indent=head + " ",
-                              subsequent_indent="      ", break_long_words=False, break_on_hyphens=False, max_lines=6, placeholder=" [...]"))
+            log(f"  {ex_id}" + (f" ({test_name})" if test_name else "") + ":")
+            log(textwrap.fill(" ".join(problem.split()), width=100, initial_indent="      ",
+                              subsequent_indent="      ", break_on_hyphens=False, max_lines=6, placeholder=" [...]"))

@@ -216,12 +216,12 @@ def check_copy(out, source=None):
     """(source, out) as absolute paths, or an error saying why no student copy can be made there."""
     source = Path(source).resolve() if source else default_source()
     out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RuntimeError(f"{out} exists and is not an empty folder; choose a new one")
     if not (source / "pyproject.toml").is_file() or not (source / "minires").is_dir():
         raise RuntimeError(f"{source} is not a minires source checkout (no pyproject.toml and minires/)")
     if (source / MANIFEST).exists():
         raise RuntimeError(f"{source} is itself a student copy ({MANIFEST} exists); make copies from the reference")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RuntimeError(f"{out} exists and is not an empty folder; choose a new one")
     if out == source or out in source.parents:
         raise RuntimeError(f"{out} would overwrite the source")
     return source, out
