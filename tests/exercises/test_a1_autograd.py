@@ -2,12 +2,24 @@
 
 Run: pytest -m autograd. Each test checks one exercise; the other exercises
 it would pass through are replaced by the test's own oracles, so a test
-fails only for the piece it names.
+fails only for the piece it names. The order those tests use is listed by
+hand for their graph (``listed_order``), not computed: no answer to
+``_topological_order``.
+
+Weights: what the handout insists on weighs most. The 3,000-op chain (no
+recursion); the third gradient added in place into the array the engine
+owns (an accumulation that allocates a new sum every time, as the tests'
+``oracle_accumulate`` does, earns a third); unbroadcast without a Python
+loop over the elements (its vectorisation cases weigh twice its other
+tests together, so the loop oracle pasted in earns a third).
 """
+import tracemalloc
+
 import numpy as np
 import pytest
 
-from exercise_helpers import check_array, check_unchanged, numerical_gradient, unbroadcast_loop
+from exercise_helpers import (check_array, check_lines_do_not_grow, check_unchanged, count_runs, numerical_gradient,
+                              unbroadcast_loop)
 
 import minires
 from minires import autograd, ops
@@ -56,23 +68,16 @@ def leaf(values, requires_grad=True):
     return minires.tensor(np.asarray(values, dtype=np.float64), requires_grad=requires_grad)
 
 
-def oracle_order(root):
-    """Reverse postorder by plain recursion: fine for the small graphs of these tests."""
-    order, seen = [], set()
-
-    def visit(t):
-        if id(t) in seen:
-            return
-        seen.add(id(t))
-        for p in autograd._parents(t):
-            visit(p)
-        order.append(t)
-
-    visit(root)
+def listed_order(*tensors):
+    """A stand-in for _topological_order that returns ``tensors``, the order of one graph written out by hand."""
+    def order(root):
+        assert root is tensors[-1], "listed_order: backward started from another root than the test listed"
+        return list(tensors)
     return order
 
 
 def oracle_accumulate(grads, t, g):
+    """The sums _accumulate must make, each in a new array (so no op's array is ever changed)."""
     slot = grads.get(id(t))
     grads[id(t)] = [g if slot is None else slot[0] + g, slot is not None]
 
@@ -110,7 +115,7 @@ def check_order(order, root, expected):
                             f"from: {listed}", pytrace=False)
 
 
-@pytest.mark.exercise("autograd.topo_order")
+@pytest.mark.exercise("autograd.topo_order", weight=2)
 def test_topological_order_of_a_diamond():
     a, b, c, d, e, _ = diamond()
     e5 = e.grad_fn.inputs[0]
@@ -125,7 +130,7 @@ def test_topological_order_of_a_leaf_alone():
     assert [id(t) for t in order] == [id(a)], f"the order of a lone leaf must be [leaf], got {len(order)} tensors"
 
 
-@pytest.mark.exercise("autograd.topo_order")
+@pytest.mark.exercise("autograd.topo_order", weight=3)
 def test_topological_order_of_a_deep_chain_needs_no_recursion():
     x = leaf([1.0])
     t = x
@@ -140,7 +145,7 @@ def test_topological_order_of_a_deep_chain_needs_no_recursion():
     assert order[0] is x and order[-1] is t, "the chain's order must start at the leaf and end at the root"
 
 
-@pytest.mark.exercise("autograd.topo_order")
+@pytest.mark.exercise("autograd.topo_order", weight=2)
 def test_backward_follows_the_order(monkeypatch):
     monkeypatch.setattr(autograd, "_accumulate", oracle_accumulate)
     a, _, _, _, e, k = diamond()
@@ -179,21 +184,68 @@ def test_accumulate_sums_without_touching_the_arrays_it_was_given():
         check_unchanged(g, c, f"gradient number {k} handed to _accumulate (it belongs to the op that returned it)")
 
 
+@pytest.mark.exercise("autograd.accumulate", weight=6)  # the handout's point: add in place, but only into owned arrays
+def test_accumulate_adds_the_third_gradient_in_place():
+    size = 100_000  # 800 kB a gradient: a new sum shows in tracemalloc
+    t = leaf(np.zeros(size))
+    g1, g2, g3 = (np.full(size, v) for v in (1.0, 10.0, 0.5))
+    grads = {}
+    autograd._accumulate(grads, t, g1)
+    autograd._accumulate(grads, t, g2)
+    slot = grads.get(id(t))
+    if not isinstance(slot, list) or len(slot) != 2:
+        pytest.fail("_accumulate must keep grads[id(t)] = [gradient array, owned], a list of two; it holds "
+                    f"{slot!r:.80}", pytrace=False)
+    owned, flag = slot
+    for k, g in enumerate((g1, g2), 1):
+        if np.shares_memory(owned, g):
+            pytest.fail(f"after two _accumulate calls for one tensor, grads holds gradient number {k} itself (or a "
+                        "view of it): that array belongs to the op whose backward returned it. Add the two into a "
+                        "new array, which the engine then owns", pytrace=False)
+    if not flag:
+        pytest.fail("after two _accumulate calls for one tensor, grads[id(t)] = [sum, owned] says the sum is not "
+                    "owned: _accumulate made that array itself, so mark it owned (True) and add into it later",
+                    pytrace=False)
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        autograd._accumulate(grads, t, g3)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    if grads[id(t)][0] is not owned:
+        pytest.fail("the third gradient for one tensor made a new array instead of adding into the array "
+                    "_accumulate made for the second (the engine owns it): add in place, e.g. owned += g",
+                    pytrace=False)
+    if peak >= g3.nbytes // 2:
+        pytest.fail(f"_accumulate allocated {peak:,} bytes while adding a third gradient of {g3.nbytes:,} bytes "
+                    "into the owned array: a temporary sum was built and copied back; add in place "
+                    "(owned += g, or np.add(owned, g, out=owned))", pytrace=False)
+    check_array(owned, np.full(size, 11.5), "the owned gradient after three _accumulate calls")
+    for k, (g, v) in enumerate(zip((g1, g2, g3), (1.0, 10.0, 0.5)), 1):
+        check_unchanged(g, np.full(size, v), f"gradient number {k} handed to _accumulate")
+
+
 @pytest.mark.exercise("autograd.accumulate")
 def test_fan_out_gradients_add_up(monkeypatch):
-    monkeypatch.setattr(autograd, "_topological_order", oracle_order)
     x = leaf([1.0, -3.0, 2.0])
-    y = Times.apply(Times.apply(x, x), Scale.apply(x, c=4.0))  # 4 x^3, x used three times
+    square, four_x = Times.apply(x, x), Scale.apply(x, c=4.0)
+    y = Times.apply(square, four_x)  # 4 x^3, x used three times
+    monkeypatch.setattr(autograd, "_topological_order", listed_order(x, square, four_x, y))
     y.backward(np.ones(3))
     check_array(x.grad.numpy(), 12 * x.numpy() ** 2, "x.grad of 4 x^3 where x fans out to three uses")
 
 
 @pytest.mark.exercise("autograd.accumulate")
 def test_an_array_returned_for_two_inputs_is_not_modified(monkeypatch):
-    monkeypatch.setattr(autograd, "_topological_order", oracle_order)
     x = leaf([1.0, 2.0])
     h = Scale.apply(x, c=3.0)
     y = Both.apply(h, h)  # the same tensor on both sides: two gradients, one array
+    monkeypatch.setattr(autograd, "_topological_order", listed_order(x, h, y))
     fn = y.grad_fn
     y.backward(np.array([1.0, -1.0]), retain_graph=True)
     check_array(x.grad.numpy(), [6.0, -6.0], "x.grad of 3x + 3x")
@@ -214,6 +266,23 @@ def test_unbroadcast_matches_the_loop(grad_shape, shape):
     grad = np.random.default_rng(0).standard_normal(grad_shape)
     got = ops.unbroadcast(grad, shape)
     check_array(got, unbroadcast_loop(grad, shape), f"unbroadcast(grad of shape {grad_shape}, {shape})")
+
+
+@pytest.mark.exercise("autograd.unbroadcast", weight=11)  # twice the other 11 tests together, split in two cases
+@pytest.mark.parametrize("grad_shape, shape", [((4, 2, 3), (2, 1)), ((2, 3, 4), (1, 3, 1))],
+                         ids=["leading-and-stretched", "stretched-twice"])
+def test_unbroadcast_is_vectorised(grad_shape, shape):
+    rng = np.random.default_rng(5)
+    bigger = lambda s: tuple(10 * n if n > 1 else n for n in s)  # noqa: E731
+    inputs = [(f"a gradient of shape {grad_shape} to {shape}", (rng.standard_normal(grad_shape), shape), ""),
+              (f"one of shape {bigger(grad_shape)} to {bigger(shape)}",
+               (rng.standard_normal(bigger(grad_shape)), bigger(shape)), "the elements")]
+    runs = count_runs(ops.unbroadcast, inputs)
+    check_array(runs[0].result, unbroadcast_loop(inputs[0][1][0], shape), f"unbroadcast(grad of shape {grad_shape}, "
+                f"{shape})")
+    check_lines_do_not_grow(f"unbroadcast(grad, {shape})", runs,
+                            "sum over the added and the stretched axes with grad.sum(axis=..., keepdims=...); a "
+                            "loop over the axes is fine")
 
 
 @pytest.mark.exercise("autograd.unbroadcast")

@@ -4,12 +4,20 @@ Run: pytest -m batchnorm. Gradients are checked against finite differences
 in float64 of sum(y * R) for a fixed random R (never plain sum(y): its
 gradient through batch norm is identically zero, so a wrong backward would
 pass), and against PyTorch when it is installed.
+
+Weights: the four kernels must be vectorised (no Python loop over images,
+pixels or channels), so each has a ``..._is_vectorised`` test that checks
+the values on a small input and counts the Python lines on larger ones. It
+weighs twice what the exercise's other tests weigh together: a correct
+answer that loops (the tests' per-channel loops pasted in) earns a third of
+the points. Among the other tests the general cases weigh 2, batches of
+1x1 images 1.
 """
 import numpy as np
 import pytest
 
 from exercise_helpers import (batch_norm_loop, batch_norm_train_loop, channel_stats_loop, check_array,
-                              numerical_gradient, use_loop_kernels)
+                              check_lines_do_not_grow, count_runs, numerical_gradient, shape_text, use_loop_kernels)
 
 import minires.functional as F
 from minires.kernels import numpy_ref as ref
@@ -24,9 +32,21 @@ def normal(shape, seed=0, dtype=np.float32, loc=0.0, scale=1.0):
     return (loc + scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 
 
+# the vectorisation checks' inputs: a small one, then more images and pixels, then more channels
+SMALL, MORE_PIXELS, MORE_CHANNELS = (2, 3, 3, 4), (12, 3, 6, 8), (2, 12, 3, 4)
+ADVICE = "reduce over the axes (0, 2, 3) and broadcast per-channel arrays with [None, :, None, None]; no Python loop"
+
+
+def vector_runs(fn, make):
+    """``count_runs`` of fn on ``make(x_shape)``'s arguments for the small input, more pixels, more channels."""
+    inputs = [(f"x of shape {shape_text(shape)}", make(shape), grew)
+              for shape, grew in ((SMALL, ""), (MORE_PIXELS, "pixels or images"), (MORE_CHANNELS, "channels"))]
+    return inputs[0][1], count_runs(fn, inputs)
+
+
 # ---------------------------------------------------------------- bn.stats
 
-@pytest.mark.exercise("bn.stats")
+@pytest.mark.exercise("bn.stats", weight=2)
 def test_batch_norm_stats_match_the_loop():
     x = normal(SHAPE, loc=3.0, scale=2.0)
     got = ref.batch_norm_stats(x)
@@ -46,6 +66,18 @@ def test_batch_norm_stats_of_one_pixel_images():
     check_array(var, want_var, "the variance over a batch of 1x1 images", dtype=np.float64)
 
 
+@pytest.mark.exercise("bn.stats", weight=6)
+def test_batch_norm_stats_is_vectorised():
+    (x,), runs = vector_runs(ref.batch_norm_stats, lambda shape: (normal(shape, loc=3.0, scale=2.0),))
+    got = runs[0].result
+    assert isinstance(got, tuple) and len(got) == 2, "batch_norm_stats must return a pair (mean, var)"
+    want_mean, want_var = channel_stats_loop(x)
+    check_array(got[0], want_mean, f"the mean of batch_norm_stats(x of shape {x.shape})", rtol=1e-5, dtype=np.float32)
+    check_array(got[1], want_var, f"the variance of batch_norm_stats(x of shape {x.shape})", rtol=1e-4,
+                dtype=np.float32)
+    check_lines_do_not_grow("batch_norm_stats(x)", runs, ADVICE)
+
+
 # ---------------------------------------------------------------- bn.normalize
 
 def affine_loop(x, scale, shift):
@@ -56,14 +88,32 @@ def affine_loop(x, scale, shift):
     return y
 
 
-@pytest.mark.exercise("bn.normalize")
-@pytest.mark.parametrize("shape", [SHAPE, (5, 3, 1, 1)], ids=["images", "one-pixel"])
-def test_batch_norm_forward_matches_the_loop(shape):
-    x = normal(shape, seed=2)
-    scale, shift = normal((shape[1],), seed=3), normal((shape[1],), seed=4)
-    got = ref.batch_norm_forward(x, scale, shift)
-    check_array(got, affine_loop(x, scale, shift), f"batch_norm_forward(x of shape {shape}, scale, shift)",
+def affine_case(shape):
+    return normal(shape, seed=2), normal((shape[1],), seed=3), normal((shape[1],), seed=4)
+
+
+def check_affine(got, x, scale, shift):
+    check_array(got, affine_loop(x, scale, shift), f"batch_norm_forward(x of shape {x.shape}, scale, shift)",
                 rtol=1e-5, atol=1e-5, dtype=np.float32)
+
+
+@pytest.mark.exercise("bn.normalize", weight=2)
+def test_batch_norm_forward_matches_the_loop():
+    x, scale, shift = affine_case(SHAPE)
+    check_affine(ref.batch_norm_forward(x, scale, shift), x, scale, shift)
+
+
+@pytest.mark.exercise("bn.normalize")
+def test_batch_norm_forward_of_one_pixel_images():
+    x, scale, shift = affine_case((5, 3, 1, 1))
+    check_affine(ref.batch_norm_forward(x, scale, shift), x, scale, shift)
+
+
+@pytest.mark.exercise("bn.normalize", weight=6)
+def test_batch_norm_forward_is_vectorised():
+    (x, scale, shift), runs = vector_runs(ref.batch_norm_forward, affine_case)
+    check_affine(runs[0].result, x, scale, shift)
+    check_lines_do_not_grow("batch_norm_forward(x, scale, shift)", runs, ADVICE)
 
 
 # ---------------------------------------------------------------- bn.forward
@@ -160,7 +210,7 @@ def _sums_loop(r, x, mean, invstd):
     return dbias, dweight
 
 
-@pytest.mark.exercise("bn.grad_sums")
+@pytest.mark.exercise("bn.grad_sums", weight=2)
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
 def test_batch_norm_grad_sums_match_finite_differences(training):
     x, weight, bias, r, mean, invstd, loss = _backward_case(training)
@@ -172,7 +222,17 @@ def test_batch_norm_grad_sums_match_finite_differences(training):
                 rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.exercise("bn.backward")
+@pytest.mark.exercise("bn.grad_sums")
+def test_batch_norm_grad_sums_of_one_pixel_images():
+    x, weight, bias, r, mean, invstd, loss = _backward_case(True, shape=(6, 2, 1, 1))
+    dbias, dweight = _grad_sums(r, x, mean, invstd)
+    check_array(dweight, numerical_gradient(loss, weight), "dweight of batch_norm_grad_sums over a batch of 1x1 "
+                "images", rtol=1e-5, atol=1e-6)
+    check_array(dbias, numerical_gradient(loss, bias), "dbias of batch_norm_grad_sums over a batch of 1x1 images",
+                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.exercise("bn.backward", weight=2)
 @pytest.mark.parametrize("affine", [True, False], ids=["weight", "no-weight"])
 def test_batch_norm_backward_input_matches_finite_differences(affine):
     x, weight, _, r, mean, invstd, loss = _backward_case(True, affine=affine)
@@ -204,7 +264,7 @@ def _pytorch_case():
     return x, weight, r, mean, 1 / np.sqrt(var + EPS), (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())
 
 
-@pytest.mark.exercise("bn.grad_sums")
+@pytest.mark.exercise("bn.grad_sums", weight=2)
 def test_batch_norm_grad_sums_match_pytorch():
     x, _, r, mean, invstd, (_, want_dweight, want_dbias) = _pytorch_case()
     dbias, dweight = _grad_sums(r, x, mean, invstd)
@@ -212,8 +272,39 @@ def test_batch_norm_grad_sums_match_pytorch():
     check_array(dbias, want_dbias, "dbias of batch_norm_grad_sums against PyTorch", rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.exercise("bn.backward")
+@pytest.mark.exercise("bn.backward", weight=2)
 def test_batch_norm_backward_input_matches_pytorch():
     x, weight, r, mean, invstd, (want_dx, _, _) = _pytorch_case()
     dx = ref.batch_norm_backward_input(r, x, mean, invstd, invstd * weight, *_sums_loop(r, x, mean, invstd))
     check_array(dx, want_dx, "dx of batch_norm_backward_input against PyTorch", rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.exercise("bn.grad_sums", weight=14)
+def test_batch_norm_grad_sums_is_vectorised():
+    def make(shape):
+        x, _, _, r, mean, invstd, _ = _backward_case(True, shape=shape)
+        return r, x, mean, invstd
+
+    (r, x, mean, invstd), runs = vector_runs(ref.batch_norm_grad_sums, make)
+    got = runs[0].result
+    if not isinstance(got, tuple) or len(got) != 2:
+        pytest.fail("batch_norm_grad_sums must return a pair (dbias, dweight)", pytrace=False)
+    want_dbias, want_dweight = _sums_loop(r, x, mean, invstd)
+    check_array(got[0], want_dbias, f"dbias of batch_norm_grad_sums (x of shape {x.shape})", rtol=1e-7, atol=1e-9)
+    check_array(got[1], want_dweight, f"dweight of batch_norm_grad_sums (x of shape {x.shape})", rtol=1e-7,
+                atol=1e-9)
+    check_lines_do_not_grow("batch_norm_grad_sums(grad_out, x, mean, invstd)", runs, ADVICE)
+
+
+@pytest.mark.exercise("bn.backward", weight=14)
+def test_batch_norm_backward_input_is_vectorised():
+    def make(shape):
+        x, weight, _, r, mean, invstd, _ = _backward_case(True, shape=shape)
+        return (r, x, mean, invstd, invstd * weight) + _sums_loop(r, x, mean, invstd)
+
+    _, runs = vector_runs(ref.batch_norm_backward_input, make)
+    x, _, _, _, _, _, loss = _backward_case(True, shape=SMALL)
+    check_array(runs[0].result, numerical_gradient(loss, x), f"dx of batch_norm_backward_input (x of shape "
+                f"{x.shape}, against finite differences of sum(y * R))", rtol=1e-5, atol=1e-6)
+    check_lines_do_not_grow("batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight)", runs,
+                            ADVICE)

@@ -3,12 +3,21 @@
 Run: pytest -m residual. Block tests run the convolutions, batch norms and
 the option-A shortcut through the tests' own loop oracles, so they check the
 wiring of the block alone.
+
+Weights: the residual add's backward and the option-A shortcut are hot
+paths, vectorised (no Python loop over images, pixels or channels); each
+has a ``..._is_vectorised`` test that checks the values on a small input
+and counts the Python lines on larger ones, weighing twice what the
+exercise's other tests weigh together, so a correct answer that loops over
+pixels (``pad_loop`` pasted in) earns a third of the points. Among the
+other tests the general cases weigh 2, degenerate ones (a dtype check, a
+shortcut that neither subsamples nor pads) 1.
 """
 import numpy as np
 import pytest
 
-from exercise_helpers import (LoopKernels, batch_norm_loop, channel_stats_loop, check_array, conv2d_loop,
-                              numerical_gradient, use_loop_kernels)
+from exercise_helpers import (LoopKernels, batch_norm_loop, channel_stats_loop, check_array, check_lines_do_not_grow,
+                              conv2d_loop, count_runs, numerical_gradient, shape_text, use_loop_kernels)
 
 import minires
 import minires.functional as F
@@ -24,13 +33,23 @@ def normal(shape, seed=0, dtype=np.float64):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
+# the vectorisation checks' inputs: a small one, then more images and pixels, then more channels
+SMALL, MORE_PIXELS, MORE_CHANNELS = (2, 3, 4, 4), (12, 3, 8, 8), (2, 12, 4, 4)
+
+
+def vector_runs(fn, make):
+    """``count_runs`` of fn on ``make(x_shape)``'s arguments for the small input, more pixels, more channels."""
+    inputs = [(f"x of shape {shape_text(shape)}", make(shape), grew)
+              for shape, grew in ((SMALL, ""), (MORE_PIXELS, "pixels or images"), (MORE_CHANNELS, "channels"))]
+    return inputs[0][1], count_runs(fn, inputs)
+
+
 # ---------------------------------------------------------------- residual.add_backward
 
-@pytest.mark.exercise("residual.add_backward")
-@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
-def test_residual_add_backward_matches_finite_differences(relu):
+def _add_case(relu, shape=(2, 3, 4, 4)):
+    """f, s, R, y and the loss sum(relu(f + s) * R) (or sum((f + s) * R)), with f + s away from relu's kink."""
     rng = np.random.default_rng(1)
-    f, s = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4, 4))
+    f, s = rng.standard_normal(shape), rng.standard_normal(shape)
     z = f + s
     s += np.where(np.abs(z) < 0.05, 0.2, 0)  # keep f + s away from the kink of relu
     r = rng.standard_normal(f.shape)
@@ -39,15 +58,33 @@ def test_residual_add_backward_matches_finite_differences(relu):
         y = f + s
         return float(np.sum((np.maximum(y, 0) if relu else y) * r))
 
-    y = np.maximum(f + s, 0) if relu else f + s
-    got = ref.residual_add_backward(r, y, relu)
+    return f, s, r, np.maximum(f + s, 0) if relu else f + s, loss
+
+
+def check_add_backward(got, f, s, loss, relu):
     if not isinstance(got, tuple) or len(got) != 2:
         pytest.fail("residual_add_backward must return a pair (grad into f, grad into s)", pytrace=False)
-    what = f"residual_add_backward(relu={relu})"
+    what = f"residual_add_backward(relu={relu}) for f and s of shape {f.shape}"
     check_array(got[0], numerical_gradient(loss, f), f"{what}: the gradient into the residual branch f",
                 rtol=1e-6, atol=1e-7)
     check_array(got[1], numerical_gradient(loss, s), f"{what}: the gradient into the shortcut s (the '1')",
                 rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.exercise("residual.add_backward", weight=2)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+def test_residual_add_backward_matches_finite_differences(relu):
+    f, s, r, y, loss = _add_case(relu)
+    check_add_backward(ref.residual_add_backward(r, y, relu), f, s, loss, relu)
+
+
+@pytest.mark.exercise("residual.add_backward", weight=10)
+def test_residual_add_backward_is_vectorised():
+    _, runs = vector_runs(ref.residual_add_backward, lambda shape: _add_case(True, shape)[2:4] + (True,))
+    f, s, _, _, loss = _add_case(True, SMALL)
+    check_add_backward(runs[0].result, f, s, loss, True)
+    check_lines_do_not_grow("residual_add_backward(grad_out, y, relu=True)", runs,
+                            "whole-array NumPy expressions, no Python loop")
 
 
 @pytest.mark.exercise("residual.add_backward")
@@ -70,32 +107,79 @@ def pad_loop(x, out_channels, stride):
     return y
 
 
-PAD_CASES = [((2, 3, 5, 5), 6, 2), ((2, 4, 4, 6), 4, 1), ((1, 2, 6, 4), 8, 2), ((2, 3, 7, 7), 5, 3)]
-PAD_IDS = ["3to6-s2-odd", "4to4-s1", "2to8-s2", "3to5-s3"]
+PAD_CASES = [((2, 3, 5, 5), 6, 2), ((1, 2, 6, 4), 8, 2), ((2, 3, 7, 7), 5, 3)]
+PAD_IDS = ["3to6-s2-odd", "2to8-s2", "3to5-s3"]
+PAD_NOTHING = ((2, 4, 4, 6), 4, 1)  # degenerate: neither subsamples nor pads, y = x
 
 
-@pytest.mark.exercise("residual.pad_forward")
-@pytest.mark.parametrize("shape, out_channels, stride", PAD_CASES, ids=PAD_IDS)
-def test_pad_channels_forward_matches_the_loop(shape, out_channels, stride):
-    x = normal(shape, 4, np.float32)
-    fn = PadChannelsFunction()
-    got = fn.forward(x, out_channels, stride)
+def check_pad_forward(got, x, out_channels, stride):
     check_array(got, pad_loop(x, out_channels, stride),
-                f"PadChannelsFunction.forward(x of shape {shape}, out_channels={out_channels}, stride={stride})",
+                f"PadChannelsFunction.forward(x of shape {x.shape}, out_channels={out_channels}, stride={stride})",
                 dtype=np.float32)
 
 
-@pytest.mark.exercise("residual.pad_backward")
+@pytest.mark.exercise("residual.pad_forward", weight=2)
 @pytest.mark.parametrize("shape, out_channels, stride", PAD_CASES, ids=PAD_IDS)
-def test_pad_channels_backward_matches_finite_differences(shape, out_channels, stride):
+def test_pad_channels_forward_matches_the_loop(shape, out_channels, stride):
+    x = normal(shape, 4, np.float32)
+    check_pad_forward(PadChannelsFunction().forward(x, out_channels, stride), x, out_channels, stride)
+
+
+@pytest.mark.exercise("residual.pad_forward")
+def test_pad_channels_forward_that_changes_nothing():
+    shape, out_channels, stride = PAD_NOTHING
+    x = normal(shape, 4, np.float32)
+    check_pad_forward(PadChannelsFunction().forward(x, out_channels, stride), x, out_channels, stride)
+
+
+@pytest.mark.exercise("residual.pad_forward", weight=14)
+def test_pad_channels_forward_is_vectorised():
+    fn = PadChannelsFunction()
+    (x, out_channels, stride), runs = vector_runs(fn.forward, lambda shape: (normal(shape, 4, np.float32),
+                                                                             2 * shape[1], 2))
+    check_pad_forward(runs[0].result, x, out_channels, stride)
+    check_lines_do_not_grow("PadChannelsFunction.forward(x, out_channels=2*C, stride=2)", runs,
+                            "one strided slice and one zero array for all images, channels and pixels")
+
+
+def pad_backward_case(shape, out_channels, stride):
+    """The PadChannelsFunction whose backward is tested, R, and the loss sum(pad(x) * R) with its x."""
     x = normal(shape, 5)
     r = normal(pad_loop(x, out_channels, stride).shape, 6)
     fn = PadChannelsFunction()
-    fn.shape, fn.stride = x.shape, stride  # what forward saves (set here: this test checks backward alone)
-    got = fn.backward(r)
-    check_array(got, numerical_gradient(lambda: float(np.sum(pad_loop(x, out_channels, stride) * r)), x),
-                f"PadChannelsFunction.backward for x of shape {shape}, out_channels={out_channels}, stride={stride}",
-                rtol=1e-6, atol=1e-7)
+    fn.shape, fn.stride = x.shape, stride  # what forward saves (set here: these tests check backward alone)
+    return fn, r, x, lambda: float(np.sum(pad_loop(x, out_channels, stride) * r))
+
+
+def check_pad_backward(got, x, loss, out_channels, stride):
+    check_array(got, numerical_gradient(loss, x), f"PadChannelsFunction.backward for x of shape {x.shape}, "
+                f"out_channels={out_channels}, stride={stride}", rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.exercise("residual.pad_backward", weight=2)
+@pytest.mark.parametrize("shape, out_channels, stride", PAD_CASES, ids=PAD_IDS)
+def test_pad_channels_backward_matches_finite_differences(shape, out_channels, stride):
+    fn, r, x, loss = pad_backward_case(shape, out_channels, stride)
+    check_pad_backward(fn.backward(r), x, loss, out_channels, stride)
+
+
+@pytest.mark.exercise("residual.pad_backward")
+def test_pad_channels_backward_that_changes_nothing():
+    fn, r, x, loss = pad_backward_case(*PAD_NOTHING)
+    check_pad_backward(fn.backward(r), x, loss, *PAD_NOTHING[1:])
+
+
+def pad_backward(fn, grad):
+    return fn.backward(grad)
+
+
+@pytest.mark.exercise("residual.pad_backward", weight=14)
+def test_pad_channels_backward_is_vectorised():
+    (fn, r), runs = vector_runs(pad_backward, lambda shape: pad_backward_case(shape, 2 * shape[1], 2)[:2])
+    _, _, x, loss = pad_backward_case(SMALL, 2 * SMALL[1], 2)
+    check_pad_backward(runs[0].result, x, loss, 2 * SMALL[1], 2)
+    check_lines_do_not_grow("PadChannelsFunction.backward(grad) (out_channels=2*C, stride=2)", runs,
+                            "one zero array and one strided assignment for all images, channels and pixels")
 
 
 # ---------------------------------------------------------------- residual.basic_block / bottleneck
