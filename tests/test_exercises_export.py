@@ -303,6 +303,40 @@ def test_run_autograder_writes_results_even_without_python(exported, tmp_path):
     assert results["score"] == 0 and "exit status 3" in results["output"]
 
 
+def test_the_notebook_alone_is_a_submission_for_the_experiment(exported, tmp_path):
+    """Assignment 6 grades only the notebook: found anywhere in the submission, with the handout's code."""
+    source = autograder_root(exported, tmp_path / "root") / "source" / "source"
+    sub = tmp_path / "sub"
+    (sub / "upload").mkdir(parents=True)
+    shutil.copy2(ROOT / EXPERIMENT_NOTEBOOK, sub / "upload" / Path(EXPERIMENT_NOTEBOOK).name)
+    notes = gradescope.build_tree(sub, source, tmp_path / "tree", [6])
+    assert notes == []
+    assert (tmp_path / "tree" / EXPERIMENT_NOTEBOOK).read_bytes() == (ROOT / EXPERIMENT_NOTEBOOK).read_bytes()
+    assert (tmp_path / "tree" / "minires" / "__init__.py").is_file()
+    with pytest.raises(gradescope.SubmissionError, match="no minires/ folder"):
+        gradescope.build_tree(sub, source, tmp_path / "tree2", [2])
+    for name in ("a", "b"):
+        (sub / name / "minires").mkdir(parents=True)
+        (sub / name / "minires" / "__init__.py").write_text("")
+    with pytest.raises(gradescope.SubmissionError, match="more than one minires/"):
+        gradescope.find_tree(sub)
+
+
+def test_the_runtime_needs_only_the_standard_library_numpy_and_minires():
+    """Gradescope runs these modules with minires installed: no YAML, no jsonschema, nothing else."""
+    allowed = set(sys.stdlib_module_names) | {"numpy", "minires"}
+    for module in (export, export_nbgrader, gradescope):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{module.__name__} imports {name}"
+
+
 def test_split_points_follows_the_weights():
     def t(name, outcome, weight=1, hidden=False):
         where = gradescope.HIDDEN_DIR if hidden else "tests/exercises"

@@ -26,8 +26,9 @@ from .assignments import ASSIGNMENT_OF, ASSIGNMENTS, EXERCISES, get_assignment
 from .gradescope import CONFIG, HIDDEN_DIR, ZIP_SOURCE
 from .student import check_copy, make_student
 
-DEFAULT_TEST_TIMEOUT = 120   # seconds per test on Gradescope: one endless loop costs one test
-DEFAULT_TIMEOUT = 600        # seconds per pytest run on Gradescope (keep the assignment's own limit above)
+DEFAULT_TEST_TIMEOUT = 10    # seconds per test on Gradescope (the slowest reference test takes about one):
+                             # one endless loop costs one test, and even a loop every test runs into fits
+DEFAULT_TIMEOUT = 900        # seconds per pytest run on Gradescope (keep the assignment's own limit above)
 CLASSROOM_WORKFLOW = ".github/workflows/classroom.yml"
 COMMAND_GRADER = "classroom-resources/autograding-command-grader@v1"
 GRADING_REPORTER = "classroom-resources/autograding-grading-reporter@v1"
@@ -110,7 +111,7 @@ def check_gradescope(dest, assignments=None, hidden_tests=(), test_timeout=DEFAU
     return chosen, source, hidden
 
 
-_HIDDEN_CONFTEST = '''"""The Gradescope autograder's hidden tests (copied here by `minires exercises export gradescope`).
+_HIDDEN_CONFTEST = '''"""The Gradescope autograder's hidden tests (put here by `minires exercises export gradescope`).
 
 A hidden test needs only @pytest.mark.exercise("<id>"): this file adds the pytest marker
 of the exercise's assignment (grade selects tests by it) and lets the tests import
@@ -170,7 +171,9 @@ else
     "$PY" -I -m minires.course.gradescope --root "$ROOT" || status=$?
 fi
 if [ ! -s "$RESULTS" ]; then
-    printf '{{"score": 0.0, "execution_time": %s, "output": "The autograder could not grade this submission: it stopped (exit status %s) before writing its results; please tell the course staff.", "visibility": "visible", "tests": []}}\\n' "$SECONDS" "$status" > "$RESULTS"
+    why="it stopped (exit status $status) before writing its results; please tell the course staff"
+    printf '{{"score": 0.0, "execution_time": %s, "visibility": "visible", "tests": [], "output": "%s"}}\\n' \\
+        "$SECONDS" "The autograder could not grade this submission: $why." > "$RESULTS"
 fi
 exit 0
 """
@@ -186,9 +189,14 @@ def _zip_add(archive, name, data, executable=False):
 def gradescope_scripts(chosen, timeout=DEFAULT_TIMEOUT):
     """The texts of setup.sh and run_autograder for these assignments."""
     numbers = ", ".join(str(a.number) for a in chosen)
-    runs = any(a.marker != "gpu_kernel" for a in chosen) + any(a.marker == "gpu_kernel" for a in chosen)
     return {"setup.sh": _SETUP_SH.format(numbers=numbers, extras=extras(chosen), zip_source=ZIP_SOURCE),
-            "run_autograder": _RUN_AUTOGRADER.format(limit=runs * int(timeout) + 120)}
+            "run_autograder": _RUN_AUTOGRADER.format(limit=run_limit(chosen, timeout))}
+
+
+def run_limit(chosen, timeout=DEFAULT_TIMEOUT):
+    """Seconds run_autograder allows the grader: each pytest run's limit, and two minutes to set up."""
+    runs = any(a.marker != "gpu_kernel" for a in chosen) + any(a.marker == "gpu_kernel" for a in chosen)
+    return runs * int(timeout) + 120
 
 
 def export_gradescope(dest, assignments=None, hidden_tests=(), test_timeout=DEFAULT_TEST_TIMEOUT,
@@ -230,6 +238,8 @@ def export_gradescope(dest, assignments=None, hidden_tests=(), test_timeout=DEFA
         + (f"at most {test_timeout:g} s per test)" if test_timeout else "no per-test time limit)"))
     log("  upload it as the assignment's autograder (Configure Autograder > Zip file upload); students "
         "submit their repository (GitHub, or a zip of the folder with minires/ and kernels/)")
+    log(f"  set the autograder timeout on Gradescope to at least {-(-run_limit(chosen, timeout) // 60)} minutes "
+        "(or export with a lower --timeout)")
     return out
 
 

@@ -5,8 +5,8 @@ the layout of an nbgrader course folder, with nbgrader's cell metadata
 (schema version 3): each cell tagged "answer" becomes a manually graded
 answer (``solution`` and ``grade`` true, ``points``: the assignment's
 points graded by hand, shared out), every other cell is read-only
-(``locked``). Each cell gets a unique ``grade_id``. Outputs are stripped,
-as in a student copy. Then ``nbgrader generate_assignment <assignment>``
+(``locked``). Each cell gets a unique ``grade_id``. Outputs and answer
+spans are cut, as in a student copy. Then ``nbgrader generate_assignment <assignment>``
 in DEST makes the release version.
 """
 import json
@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..serialization import write_atomic
+from .answers import cut_file
 from .assignments import ASSIGNMENTS, EXPERIMENT_NOTEBOOK
 from .student import strip_notebook
 from .tree import default_source
@@ -78,7 +79,8 @@ def check_nbgrader(dest, source=None):
 def export_nbgrader(dest, source=None, log=print):
     """Write the experiment notebook with nbgrader metadata to ``dest/source/<name>/``; returns its path."""
     notebook, assignment = check_nbgrader(dest, source)
-    nb = json.loads(strip_notebook(notebook.read_text(encoding="utf-8")))
+    handed = {e.id for e in assignment.exercises}  # as in a student copy: no outputs, no answer spans
+    nb = json.loads(cut_file(strip_notebook(notebook.read_text(encoding="utf-8")), EXPERIMENT_NOTEBOOK, handed))
     nbgrader_metadata(nb, assignment.graded_by_hand)
     out = Path(dest) / "source" / assignment.marker / notebook.name
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ worth the weight share of the exercise's tests it holds. Whatever goes wrong
 still written: score 0 and a message that says why.
 """
 import argparse
-import inspect
 import json
 import shutil
 import sys
@@ -121,7 +120,9 @@ def _find_notebook(submission, code):
     """The experiment notebook of the submission: at its place in the repository, else the one file of its name."""
     if code is not None and (code / EXPERIMENT_NOTEBOOK).is_file():
         return code / EXPERIMENT_NOTEBOOK
-    found = [p for p in Path(submission).rglob(Path(EXPERIMENT_NOTEBOOK).name) if "__MACOSX" not in p.parts]
+    name = Path(EXPERIMENT_NOTEBOOK).name
+    found = [p for depth in range(5) for p in Path(submission).glob("/".join(["*"] * depth + [name]))
+             if "__MACOSX" not in p.parts and p.is_file()]
     return found[0] if len(found) == 1 else None
 
 
@@ -169,22 +170,26 @@ def _clip(text, limit=_OUTPUT_LIMIT):
 
 
 def entry_output(tests, hidden=False):
-    """What the student reads for one entry: the counts, then each test that did not pass and why."""
+    """What the student reads for one entry: the counts, then why the others did not pass (alike ones together)."""
     counted, passed = _counted(tests), _passed(tests)
     kind = "hidden tests" if hidden else "tests"
     if not tests:
         return f"No {kind} found for this exercise."
     lines = [f"{len(passed)} of {len(counted)} {kind} passed" +
              (f" ({len(tests) - len(counted)} skipped, not counted)" if len(counted) < len(tests) else "") + "."]
+    groups = {}  # (label, message) -> test names, in the order the tests ran
     for t in tests:
         if t["outcome"] == "passed":
             continue
-        name = t["test"].rsplit("::", 1)[-1]
         label = {"skipped": "SKIPPED", "not run": "NOT RUN"}.get(t["outcome"], "FAILED")
         message = (t.get("message") or "").strip() or "(no message)"
         if t["outcome"] == "not run":
-            message = "pytest stopped before this test ran: an error while importing the tests (does your code import?)"
-        lines.append(f"\n{label} {name}:\n{_clip(message, 1500)}")
+            message = ("pytest stopped before this test ran: an error while importing the tests "
+                       "(does your code import?)")
+        groups.setdefault((label, message), []).append(t["test"].rsplit("::", 1)[-1])
+    for (label, message), names in groups.items():
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        lines.append(f"\n{label} {shown}:\n{_clip(message, 1500)}")
     return _clip("\n".join(lines))
 
 
@@ -237,18 +242,9 @@ def failure_results(reason, assignments=(), seconds=0.0):
 
 
 def _run_grade(tree, config, report_path, log):
-    """``grade`` with the export's time limits (``test_timeout`` only where this grade() knows it)."""
-    kwargs = dict(assignments=[str(n) for n in config["assignments"]], json_path=report_path,
-                  timeout=int(config.get("timeout") or 900), log=log)
-    limit = config.get("test_timeout")
-    note = []
-    if limit:
-        if "test_timeout" in inspect.signature(grade).parameters:
-            kwargs["test_timeout"] = limit
-        else:
-            note.append("(This autograder's minires has no per-test time limit; the whole run is limited.)")
-            limit = None
-    return grade(tree, **kwargs), limit, note
+    """``grade`` on the tree with the export's time limits."""
+    return grade(tree, assignments=[str(n) for n in config["assignments"]], json_path=report_path,
+                 timeout=int(config.get("timeout") or 900), test_timeout=config.get("test_timeout") or None, log=log)
 
 
 def autograde(root, log=print):
@@ -261,8 +257,8 @@ def autograde(root, log=print):
         with tempfile.TemporaryDirectory(prefix="minires-autograder-") as tmp:
             tree = Path(tmp) / "tree"
             notes = build_tree(root / "submission", source_dir(root), tree, config["assignments"])
-            report, limit, more = _run_grade(tree, config, Path(tmp) / "report.json", log)
-        results = results_from_report(report, notes + more, time.perf_counter() - started, limit)
+            report = _run_grade(tree, config, Path(tmp) / "report.json", log)
+        results = results_from_report(report, notes, time.perf_counter() - started, config.get("test_timeout"))
     except SubmissionError as exc:
         results = failure_results(str(exc), config["assignments"], time.perf_counter() - started)
     except Exception as exc:  # a crash, or a pytest run past its time limit: still a result, with the reason
@@ -281,7 +277,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m minires.course.gradescope",
                                      description="Grade a Gradescope submission (run_autograder calls this).")
     parser.add_argument("--root", default="/autograder",
-                        help="the folder with source/ (the unpacked zip) and submission/; results/results.json goes there")
+                        help="the folder with source/ (the unpacked zip) and submission/; "
+                             "results/results.json goes there")
     args = parser.parse_args(argv)
     autograde(args.root)
     return 0
