@@ -25,7 +25,6 @@ from pathlib import Path
 from ..serialization import write_atomic
 from .assignments import EXERCISES, EXPERIMENT_NOTEBOOK, get_assignment
 from .grading import grade
-from .manifest import MANIFEST
 
 ZIP_SOURCE = "source"                    # the zip's folder with the student copy and the tests
 CONFIG = "minires_autograder.json"       # in that folder: what the export chose (assignments, time limits)
@@ -100,12 +99,10 @@ def build_tree(submission, source, tree, assignments):
             if not only_notebook:
                 notes.append(f"Your submission has no {name}/ folder: graded with the handout's {name}/ "
                              "(its exercises as handed out, unsolved).")
-    # the course tooling is the instructor's, never the student's; the manifest says what their copy left out
-    manifest = (tree / MANIFEST).read_bytes() if (tree / MANIFEST).is_file() else None
+    # the course tooling is the instructor's, never the student's: the grader's own, with the handout's
+    # record of what the copy leaves out (a submission's record could be stale, or edited)
     shutil.rmtree(tree / "minires" / "course", ignore_errors=True)
     _copytree(source / "minires" / "course", tree / "minires" / "course")
-    if manifest is not None:
-        (tree / MANIFEST).write_bytes(manifest)
     _copytree(source / "tests", tree / "tests")
     shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
     if any(a.graded_by_hand for a in chosen):
