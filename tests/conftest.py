@@ -61,9 +61,11 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def _unsolved_exercise(text):
-    """The handed-out exercise whose NotImplementedError ``text`` (a failure's report) shows, or None."""
-    if "NotImplementedError" not in text:
-        return None
+    """The handed-out exercise whose ``raise NotImplementedError("<id>: <hints>")`` shows in ``text``, or None.
+
+    ``text`` is a failed test's report with its captured output: the raise may
+    have reached it as a traceback, or as the message a command printed.
+    """
     from minires.course import handed_out
     return next((ex_id for ex_id in sorted(handed_out()) if f"{ex_id}: " in text), None)
 
@@ -73,7 +75,7 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if not report.failed or item.get_closest_marker("exercise") is not None:
         return
-    waiting = _unsolved_exercise(report.longreprtext)
+    waiting = _unsolved_exercise(report.longreprtext + "".join(content for _, content in report.sections))
     if waiting:
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0,
