@@ -30,6 +30,11 @@ from minires.kernels._index import conv_output_size  # noqa: E402
 from minires.residual import PadChannelsFunction  # noqa: E402
 
 pytest_plugins = ["pytester"]
+
+try:  # imported here, before any pytester fixture: an in-process run forgets the modules imported during
+    import torch  # noqa: F401  it, and torch (a C extension) cannot be imported into one process twice
+except ImportError:
+    pass
 pytestmark = pytest.mark.skipif(bool(course.handed_out()), reason="a student copy: these tests check the exercise "
                                 "tests against the reference solutions")
 

@@ -280,7 +280,7 @@ def test_every_exercise_has_tests_and_a_handout():
         handout = (ROOT / a.handout).read_text()
         assert f"-m {a.marker}" in handout, f"{a.handout} must say how to run the tests"
         for e in a.exercises:
-            count = tests.count(f'@pytest.mark.exercise("{e.id}")')
+            count = tests.count(f'@pytest.mark.exercise("{e.id}"')
             assert count >= 1, f"{e.id} has no test in {a.tests}"
             assert e.id in handout, f"{a.handout} does not name exercise {e.id}"
         total = a.points + a.graded_by_hand

@@ -252,8 +252,9 @@ def test_grade_prints_passed_failed_and_skipped_apart_and_each_first_problem_in_
     assert row[1:4] == ["0", str(len(tests)), "0"] and row[4:] == ["0", "/", "3"]
     text = "\n".join(lines)
     problems = text[text.index("first problem of each exercise:"):]
+    flowing = " ".join(problems.split())
     hint = course.EXERCISES["conv.im2col"]  # the NotImplementedError's hints are shown whole, not cut at a width
-    assert "conv.im2col (test_" in problems and "a Python loop over pixels is too slow" in problems, problems
+    assert "conv.im2col (test_" in problems and "a Python loop over pixels is too slow" in flowing, problems
     assert hint.id in problems and all(len(line) <= 100 for line in problems.splitlines() if line.startswith("      "))
 
 
@@ -338,7 +339,7 @@ def test_answer_spans_are_cut_from_a_copy_that_hands_the_exercise_out(copies, tm
     assert "y > 0" not in record_doc and "g =" not in record_doc
     for copy in (residual, copies.conv, copies.full):
         for path in [*copy.rglob("*.md"), *copy.rglob("*.ipynb"), *(copy / "tutorials").glob("*.py")]:
-            text = path.read_text()
+            text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # a marker in a code block is an example
             assert not re.search(r"<!--\s*ANSWER|#\s*ANSWER\s+[a-z]|END ANSWER", text), f"markers left in {path}"
 
 

@@ -3,7 +3,7 @@
 The residual add's backward, say, is derived in notebook 01's text, checked in
 a tutorial script and summed up in the README. Each such place is a span
 between two markers. In Markdown (README, handouts, notebook text) they are
-HTML comments, invisible when rendered::
+HTML comments, invisible when rendered (outside code blocks)::
 
     <!-- ANSWER residual.add_backward: what a student copy shows instead -->
     ...the text that states the answer...
@@ -62,8 +62,12 @@ def kind_of(path):
 def spans(text, kind, where):
     """The answer spans of a Markdown or Python ``text``; ``where`` names it in errors."""
     begin_re, end_re = _MARKDOWN if kind == "markdown" else _PYTHON
-    found, open_span = [], None
+    found, open_span, fenced = [], None, False
     for k, line in enumerate(text.split("\n")):
+        if kind == "markdown" and line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced  # a marker shown in a code block is an example, not a span
+        if fenced:
+            continue
         begin, end = begin_re.match(line), end_re.match(line)
         if begin and not end:
             if open_span is not None:
