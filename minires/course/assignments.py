@@ -181,15 +181,20 @@ EXERCISES = {e.id: e for a in ASSIGNMENTS for e in a.exercises}
 ASSIGNMENT_OF = {e.id: a for a in ASSIGNMENTS for e in a.exercises}
 
 
+def extras_of(assignments):
+    """The pip extras a student installs for these assignments (Assignment objects), e.g. "test,numba"."""
+    names = {x for a in assignments for x in a.extras.split(",")}
+    return ",".join(sorted(names, key=lambda x: (x != "test", x)))
+
+
 def student_recipe(assignments):
     """The student's set-up and test commands for a copy handing out ``assignments`` (Assignment objects).
 
     The one recipe: make-student prints it, the README and the handouts show it (a test checks).
     """
-    extras = sorted({x for a in assignments for x in a.extras.split(",")}, key=lambda x: (x != "test", x))
     markers = " or ".join(a.marker for a in assignments)
     quoted = f"'{markers}'" if " " in markers else markers
-    return [f"python3 -m venv .venv && .venv/bin/pip install -e '.[{','.join(extras)}]'",
+    return [f"python3 -m venv .venv && .venv/bin/pip install -e '.[{extras_of(assignments)}]'",
             f".venv/bin/python -m pytest tests/exercises -m {quoted}"]
 
 

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from ..serialization import write_atomic
-from .assignments import ASSIGNMENT_OF, ASSIGNMENTS, EXERCISES, get_assignment
+from .assignments import ASSIGNMENT_OF, ASSIGNMENTS, EXERCISES, extras_of, get_assignment
 from .gradescope import CONFIG, HIDDEN_DIR, ZIP_SOURCE
 from .student import check_copy, make_student
 
@@ -38,14 +38,6 @@ def chosen_assignments(assignments=None):
     """The Assignment objects named by ``assignments`` (numbers or names; default: all), each once."""
     chosen = [get_assignment(k) for k in assignments] if assignments else list(ASSIGNMENTS)
     return list({a.number: a for a in chosen}.values())
-
-
-def extras(chosen):
-    """The pip extras a student installs for these assignments, e.g. "test" or "test,numba"."""
-    names = set()
-    for a in chosen:
-        names.update(getattr(a, "extras", "test,numba" if a.marker == "gpu_kernel" else "test").split(","))
-    return ",".join(sorted(names, key=lambda x: (x != "test", x)))
 
 
 def _check_dest(dest):
@@ -189,7 +181,7 @@ def _zip_add(archive, name, data, executable=False):
 def gradescope_scripts(chosen, timeout=DEFAULT_TIMEOUT):
     """The texts of setup.sh and run_autograder for these assignments."""
     numbers = ", ".join(str(a.number) for a in chosen)
-    return {"setup.sh": _SETUP_SH.format(numbers=numbers, extras=extras(chosen), zip_source=ZIP_SOURCE),
+    return {"setup.sh": _SETUP_SH.format(numbers=numbers, extras=extras_of(chosen), zip_source=ZIP_SOURCE),
             "run_autograder": _RUN_AUTOGRADER.format(limit=run_limit(chosen, timeout))}
 
 
@@ -291,7 +283,7 @@ def classroom_workflow(chosen, minutes=10, python="3.12"):
     ]
     ids = []
     for a in chosen:
-        setup = f"python -m pip install -q -e '.[{extras([a])}]'"
+        setup = f"python -m pip install -q -e '.[{extras_of([a])}]'"
         for ex in a.exercises:
             ids.append(step_id(ex.id))
             lines += [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..serialization import write_atomic
 from .assignments import EXERCISES, EXPERIMENT_NOTEBOOK, get_assignment
-from .grading import grade
+from .grading import counted as _counted, grade, passed as _passed, weight as _weight
 
 ZIP_SOURCE = "source"                    # the zip's folder with the student copy and the tests
 CONFIG = "minires_autograder.json"       # in that folder: what the export chose (assignments, time limits)
@@ -126,18 +126,6 @@ def _find_notebook(submission, code):
 def is_hidden(test):
     """True for a test of the report (``{"test": node id, ...}``) that lives among the hidden tests."""
     return test["test"].replace("\\", "/").startswith(HIDDEN_DIR + "/")
-
-
-def _weight(tests):
-    return sum(t.get("weight", 1) for t in tests)
-
-
-def _counted(tests):
-    return [t for t in tests if t["outcome"] != "skipped"]
-
-
-def _passed(tests):
-    return [t for t in tests if t["outcome"] == "passed"]
 
 
 def split_points(points_possible, tests):

@@ -116,12 +116,24 @@ def _removed(ex, manifest):
     return ex.file in manifest["removed_modules"] or ex.where in manifest["removed_functions"].get(ex.file, ())
 
 
+def weight(tests):
+    """The summed weight of report ``tests`` (a test without one weighs 1)."""
+    return sum(t.get("weight", 1) for t in tests)
+
+
+def counted(tests):
+    """The tests that count for the points: all but the skipped ones."""
+    return [t for t in tests if t["outcome"] != "skipped"]
+
+
+def passed(tests):
+    return [t for t in tests if t["outcome"] == "passed"]
+
+
 def _score(ex, tests):
     """An exercise's points times the weight share of its passed tests (skipped tests do not count)."""
-    counted = [t for t in tests if t["outcome"] != "skipped"]
-    weight = sum(t.get("weight", 1) for t in counted)
-    passed = sum(t.get("weight", 1) for t in counted if t["outcome"] == "passed")
-    return round(ex.points * passed / weight, 2) if weight else 0.0
+    total = weight(counted(tests))
+    return round(ex.points * weight(passed(tests)) / total, 2) if total else 0.0
 
 
 def _problem(ex, tests, removed):
@@ -229,8 +241,8 @@ def _print_report(report, rows, problems, log):
     """The table (passed, failed and skipped tests apart; points), then each exercise's first problem in full."""
     width = max([len(r[0]) for r in rows] + [len("exercise")])
     log(f"{'exercise':<{width}}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'points':>11}")
-    for ex_id, passed, failed, skipped, points in rows:
-        log(f"{ex_id:<{width}}  {passed:>6}  {failed:>6}  {skipped:>7}  {points:>11}")
+    for ex_id, n_passed, n_failed, n_skipped, points in rows:
+        log(f"{ex_id:<{width}}  {n_passed:>6}  {n_failed:>6}  {n_skipped:>7}  {points:>11}")
     for entry in report["assignments"]:
         if entry["graded_by_hand"]:
             answers = entry.get("answers")
