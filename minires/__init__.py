@@ -30,7 +30,7 @@ from .errors import DimError, DTypeError, ShapeError
 from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 from .residual import ResidualRecord, record_residuals
 from . import functional
-from . import nn
+from . import distributed, nn
 from .gradcheck import GradcheckError, gradcheck
 from .rng import manual_seed
 from .serialization import SerializationError, load, save

@@ -255,12 +255,36 @@ def _modified(fn, which, t, expected):
         "optimizer.step() after loss.backward()), or change a copy")
 
 
+def queue_callback(fn):
+    """Run ``fn()`` when the backward pass under way has finished (as PyTorch's engine ``queue_callback``).
+
+    Tensor hooks see each gradient as it is made; a callback sees them all, e.g.
+    to wait for the gradient all-reduces that data parallelism started.
+    """
+    queue = getattr(_state, "callbacks", None)
+    if queue is None:
+        raise RuntimeError("queue_callback: no backward pass is under way (call it from a hook)")
+    queue.append(fn)
+
+
 def backward(root, grad=None, retain_graph=False):
     """Accumulate d(root)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
 
     ``grad`` is the gradient of some scalar with respect to ``root``; it may
     be omitted only when ``root`` holds a single element (it is then 1).
     """
+    if getattr(_state, "callbacks", None) is not None:
+        raise RuntimeError("backward: a backward pass is already under way in this thread (from a hook?)")
+    _state.callbacks = []
+    try:
+        _backward(root, grad, retain_graph)
+        while _state.callbacks:
+            _state.callbacks.pop(0)()
+    finally:
+        _state.callbacks = None
+
+
+def _backward(root, grad, retain_graph):
     if not root.requires_grad:
         raise RuntimeError("backward: this tensor does not require grad and has no grad_fn")
     Tensor = type(root)

@@ -22,10 +22,12 @@ class DataLoader:
     than ``batch_size``, as in PyTorch (``len()`` then counts full batches
     only): batch norm cannot train on one image whose features are 1x1.
     ``device="cuda"`` moves every batch to the GPU as it is made (the dataset
-    itself stays in host memory).
+    itself stays in host memory). ``sampler``: an iterable of dataset indices
+    that sets the order instead (e.g. a ``DistributedSampler``: this rank's share).
     """
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, device="cpu"):
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, device="cpu",
+                 sampler=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
@@ -36,6 +38,10 @@ class DataLoader:
                             f"{type(dataset).__name__}")
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
+        if sampler is not None and (shuffle or not hasattr(sampler, "__iter__") or not hasattr(sampler, "__len__")):
+            raise ValueError("DataLoader: sampler must be an iterable of indices with a length, and excludes "
+                             f"shuffle=True (the sampler sets the order), got sampler={sampler!r}, shuffle={shuffle}")
+        self.sampler = sampler
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.device = normalize_device(device)
@@ -54,7 +60,7 @@ class DataLoader:
         self._epoch_start = None  # (epoch, generator state) while an epoch is under way
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _fetch(self, indices):
@@ -72,8 +78,12 @@ class DataLoader:
 
     def __iter__(self):
         self._epoch_start = (self.epoch, copy.deepcopy(self.generator.bit_generator.state))
-        n = len(self.dataset)
-        order = self.generator.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            n = len(order)
+        else:
+            n = len(self.dataset)
+            order = self.generator.permutation(n) if self.shuffle else np.arange(n)
         stop = len(self) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             yield self._fetch(order[start:start + self.batch_size])

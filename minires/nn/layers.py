@@ -4,8 +4,11 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import distributed
 from .. import functional as F
-from ..checks import pair, size
+from ..autograd import increment_version
+from ..checks import floating, pair, size
+from ..errors import ShapeError
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
@@ -77,6 +80,60 @@ class BatchNorm2d(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+class SyncBatchNorm(BatchNorm2d):
+    """Batch norm whose training statistics are those of the global batch of all ranks (``mpiexec``).
+
+    Forward gathers every rank's per-channel count, mean and variance; backward
+    sums the per-channel gradient sums over the ranks, so N ranks with
+    B/N images each normalise, and differentiate, as one process with B.
+    In one process, or in eval, it is ``BatchNorm2d``.
+    """
+
+    def forward(self, x):
+        if not self.training or distributed.world_size() == 1:
+            return super().forward(x)
+        floating("SyncBatchNorm", input=x)
+        if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
+            raise ShapeError(f"expected (N, {self.num_features}) or (N, {self.num_features}, H, W), got input "
+                             f"shape {x.shape}", op="SyncBatchNorm")
+        momentum = self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.data += 1
+            if momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked.data)
+        shape = x.shape
+        x4 = x.reshape(shape[0], shape[1], 1, 1) if x.ndim == 2 else x
+        running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        y = distributed.SyncBatchNormFunction.apply(
+            x4, self.weight, self.bias, running_mean=None if running[0] is None else running[0].data,
+            running_var=None if running[1] is None else running[1].data, momentum=momentum, eps=self.eps)
+        for t in running:
+            if t is not None:
+                increment_version(t)
+        return y.reshape(*shape) if x.ndim == 2 else y
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module):
+        """``module`` with every BatchNorm2d replaced by a SyncBatchNorm holding the same parameters and buffers."""
+        if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
+            sync = cls(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                       track_running_stats=module.track_running_stats)
+            for name in ("weight", "bias"):
+                if getattr(module, name) is not None:
+                    setattr(sync, name, getattr(module, name))
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                if getattr(module, name) is not None:
+                    sync.register_buffer(name, getattr(module, name))
+            sync.train(module.training)
+            object.__setattr__(sync, "_name", module._name)
+            return sync
+        for name, child in list(module.named_children()):
+            converted = cls.convert_sync_batchnorm(child)
+            if converted is not child:
+                module._modules[name] = converted  # in place: a Sequential keeps its order
+        return module
 
 
 class ReLU(Module):
