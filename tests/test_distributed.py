@@ -307,3 +307,30 @@ def test_a_failure_on_one_rank_ends_every_rank_with_its_message(tmp_path):
     assert proc.returncode != 0
     assert "rank 2: the data on this rank is broken" in proc.stderr + proc.stdout
     assert time.perf_counter() - started < 30, "the other ranks were not ended promptly"
+
+
+def _gpu_count():
+    from minires.backend import cupy_or_none
+    cp = cupy_or_none()
+    if cp is None:
+        return 0
+    try:
+        return cp.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+@needs_mpi
+@pytest.mark.skipif(_gpu_count() < 2, reason="needs two NVIDIA GPUs and CuPy (pip install -e '.[cuda,mpi]')")
+def test_cupy_arrays_are_reduced_across_two_gpus(tmp_path):
+    proc, result = mpirun(2, """
+        import cupy as cp
+        a = cp.full((1000,), float(rank + 1), dtype=cp.float32)
+        distributed.all_reduce(a, op="mean")
+        w = minires.tensor(cp.full(3, float(rank), dtype=cp.float64)).data
+        distributed.all_reduce(w)
+        report({"device": [int(cp.cuda.Device().id) for _ in [0]][0], "mean": float(a.get()[0]),
+                "sum": float(w.get()[0]), "devices": distributed.all_gather_object(int(cp.cuda.Device().id))})
+    """, tmp_path)
+    assert proc.returncode == 0 and result is not None, proc.stderr[-3000:]
+    assert result["mean"] == 1.5 and result["sum"] == 1.0 and result["devices"] == [0, 1], result
