@@ -84,7 +84,7 @@ def test_the_copy_holds_the_tracked_files_and_no_history(copies):
                                             f"extra: {sorted(copied - tracked - {MANIFEST})[:5]}")
     assert not (copies.full / ".git").exists()
     manifest = read_manifest(copies.full)
-    assert list(manifest["exercises"]) == ALL and list(manifest["assignments"]) == [1, 2, 3, 4, 5, 6]
+    assert list(manifest["exercises"]) == ALL and list(manifest["assignments"]) == [1, 2, 3, 4, 5, 6, 7]
     conv = read_manifest(copies.conv)
     assert list(conv["exercises"]) == CONV
     assert set(conv["removed_modules"]) == {"kernels/numba_cpu.py", "kernels/numba_conv.py", "kernels/cupy_kernels.py"}
@@ -239,7 +239,7 @@ def test_a_copy_is_graded_on_its_own_assignments_and_a_solved_one_gets_full_mark
     assert solved["total"]["points"] == solved["total"]["points_possible"] == course.get_assignment(2).points
     for e in solved["exercises"]:
         assert e["failed"] == 0 and e["passed"] + e["skipped"] == e["total"] > 0, e["id"]
-    assert [a["number"] for a in graded["reference"]["assignments"]] == [1, 2, 3, 4, 5, 6]
+    assert [a["number"] for a in graded["reference"]["assignments"]] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_grade_prints_passed_failed_and_skipped_apart_and_each_first_problem_in_full(copies):

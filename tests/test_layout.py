@@ -29,7 +29,7 @@ LAYER = {
     "tensor": 4,
     "checks": 5, "gradcheck": 5, "serialization": 5,
     "residual": 6, "distributed": 6,
-    "functional": 7,
+    "functional": 7, "ring": 7,
     "nn": 8, "optim": 8, "data": 8,
     "models": 9,
     "viz": 10,

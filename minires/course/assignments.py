@@ -172,6 +172,15 @@ ASSIGNMENTS = (
                    Exercise("experiment.notebook", "tutorials/assignments/06_experiment.ipynb", "", 0,
                             "train both, read the gradient-flow plots, answer the questions", block=False),
                ), graded_by_hand=10),
+    Assignment(7, "allreduce", "Ring all-reduce from messages between neighbours",
+               "tutorials/assignments/07_ring_allreduce.md", "tests/exercises/test_a7_ring_allreduce.py", (
+                   Exercise("ring.chunks", "minires/ring.py", "chunk_bounds", 2,
+                            "cut the array into N chunks as even as can be"),
+                   Exercise("ring.reduce_scatter", "minires/ring.py", "reduce_scatter", 4,
+                            "N - 1 steps round the ring, adding: each rank ends with one chunk's sum"),
+                   Exercise("ring.all_gather", "minires/ring.py", "all_gather", 4,
+                            "N - 1 steps round the ring, copying: every rank ends with every sum"),
+               ), extras="test,mpi"),
 )
 
 EXPERIMENT_NOTEBOOK = "tutorials/assignments/06_experiment.ipynb"
