@@ -7,13 +7,22 @@ a file named on the command line that is missing, damaged or of the wrong kind: 
 a missing library) or a bug; 130 interrupted. An error is printed as its whole message; an
 unexpected exception (a bug) as one line, with its traceback only on request: ``--debug``
 or ``MINIRES_DEBUG=1``.
+
+``mpiexec -n N minires train ...`` trains data-parallel over N ranks and ``mpiexec -n N minires
+experiment ...`` spreads its runs over them. Rank 0 alone prints. An error that every rank meets
+(an option, a checkpoint, a diverged loss) is printed once and every rank exits with its status; an
+error on one rank alone ends every rank at once through MPI (``distributed.abort``), with that
+rank's message, so no rank is left waiting for the others.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
 import traceback
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+PARALLEL = ("train", "experiment")  # the verbs that run over the ranks of mpiexec
 # what the library raises with a message meant for the user; anything else is a bug
 USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError, MemoryError)
 
@@ -57,6 +66,8 @@ def _train_options(args):
         "nesterov": args.nesterov}.items() if v is not None}
     if args.no_augment:
         options["augment"] = False
+    if args.sync_bn is not None:
+        options["sync_bn"] = args.sync_bn
     return options
 
 
@@ -75,8 +86,9 @@ def _train(args):
     else:
         run = train(args.config, progress=not args.quiet)
     last = run.history[-1]
-    print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
-          f"run folder: {run.folder}")
+    if run.rank == 0:
+        print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
+              f"run folder: {run.folder}")
 
 
 def _check_eval(args):
@@ -140,7 +152,8 @@ def build_parser():
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a residual network (default: resnet20 on the bundled digits)")
+    p = sub.add_parser("train", help="train a residual network (default: resnet20 on the bundled digits); "
+                                     "under `mpiexec -n N` data-parallel over N ranks")
     p.add_argument("--model", help="model name (default resnet20; see `minires models`)")
     p.add_argument("--data", help="digits (bundled, default), mnist, fashion-mnist or cifar10")
     p.add_argument("--data-root", help="folder holding the dataset's files (default: the cache, $MINIRES_DATA)")
@@ -158,8 +171,15 @@ def build_parser():
     p.add_argument("--kernels", help="kernel backend: numpy (default), numba; on a GPU cupy (default) or numba-cuda")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="parent folder of the run folder (default ./runs)")
-    p.add_argument("--resume", help="a run folder or checkpoint.npz to continue; of the other options only "
-                                    "--epochs (as many or more), --kernels, --device and --data-root may change")
+    p.add_argument("--resume", help="a run folder or checkpoint.npz to continue, with the same or another number "
+                                    "of ranks; of the other options only --epochs (as many or more), --kernels, "
+                                    "--device, --data-root and --sync-bn may change")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under `mpiexec -n N minires train`: batch norm over the global batch of all ranks "
+                        "(nn.SyncBatchNorm), so N ranks take the steps of one process; --batch-size is the "
+                        "global batch, split evenly. Needs mpi4py (pip install 'minires[mpi]') and an MPI "
+                        "launcher; without it (the default) each rank normalises its own part, as PyTorch's "
+                        "DDP does")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(check=_check_train, run=_train)
 
@@ -169,7 +189,8 @@ def build_parser():
     p.add_argument("--data-root")
     p.set_defaults(check=_check_eval, run=_eval)
 
-    p = sub.add_parser("experiment", help="run a paper's experiment: `minires experiment degradation`")
+    p = sub.add_parser("experiment", help="run a paper's experiment: `minires experiment degradation` "
+                                          "(under `mpiexec -n N` its runs are spread over the ranks)")
     p.add_argument("name", choices=["degradation"], help="degradation: plain vs residual nets of growing depth")
     p.add_argument("--data", default="digits")
     p.add_argument("--data-root")
@@ -220,32 +241,119 @@ def _report(where, exc, usage, debug):
     return FAILURE
 
 
+@contextlib.contextmanager
+def _silenced(quiet):
+    """Nothing printed inside, when ``quiet`` (a rank other than 0 under mpiexec)."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
+def _join_ranks(args):
+    """Join the ranks of mpiexec for a verb that runs over them; returns the world size (1 in one process)."""
+    from . import distributed
+    sync_bn = bool(getattr(args, "sync_bn", False))
+    if sync_bn and distributed.launched_rank() is None:
+        raise UsageError("--sync-bn synchronises batch norm over the ranks that `mpiexec -n N minires train ...` "
+                         "starts, and this process was started alone, not by an MPI launcher: launch it with "
+                         "mpiexec, or leave --sync-bn out (in one process batch norm already sees the whole batch)")
+    if distributed.launched_size() > 1 or sync_bn:
+        return distributed.init()  # a RuntimeError under a launcher without mpi4py
+    return 1
+
+
+def _refused_with_the_ranks(argv, message):
+    """This rank's command line was refused: under mpiexec, tell the ranks whose was not, so they stop too.
+
+    They meet this rank in the agreement on the options (``main``); a rank alone, or one whose verb
+    does not run over the ranks, has nobody to tell.
+    """
+    from . import distributed
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb not in PARALLEL or distributed.launched_size() == 1:
+        return
+    try:
+        distributed.init()
+    except RuntimeError:  # no mpi4py: every rank is on its own anyway
+        return
+    from .train.ranks import agree
+
+    def refuse():
+        raise UsageError(message.rpartition(" error: ")[2] or message)
+    try:
+        agree(refuse)
+    except UsageError:
+        pass
+
+
+def _one_rank_failed(where, exc, usage, debug):
+    """End every rank: this rank's error, met by it alone while the others may wait in a collective."""
+    from . import distributed
+    text = io.StringIO()
+    with contextlib.redirect_stderr(text):
+        status = _report(where, exc, usage, debug)
+    distributed.abort(text.getvalue().rstrip("\n"), status)
+
+
 def main(argv=None):
     """Run the ``minires`` command; returns its exit status (0 done, 1 failed, 2 usage error, 130 interrupted)."""
+    from .distributed import launched_rank
+    quiet = launched_rank() not in (None, 0)  # under mpiexec rank 0 alone prints, also argparse's errors
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    errors = io.StringIO()
     try:
-        args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-        debug = args.debug or "--debug" in extra or os.environ.get("MINIRES_DEBUG", "") not in ("", "0")
-        extra = [a for a in extra if a != "--debug"]
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        with _silenced(quiet), contextlib.redirect_stderr(errors):
+            args, extra = parser.parse_known_args(argv)
+            debug = args.debug or "--debug" in extra or os.environ.get("MINIRES_DEBUG", "") not in ("", "0")
+            extra = [a for a in extra if a != "--debug"]
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
-        return exc.code if isinstance(exc.code, int) else USAGE if exc.code else 0
+        if not quiet:
+            sys.stderr.write(errors.getvalue())
+        status = exc.code if isinstance(exc.code, int) else USAGE if exc.code else 0
+        if status:
+            _refused_with_the_ranks(argv, (errors.getvalue().strip().splitlines() or ["refused"])[-1])
+        return status
     where = " ".join(["minires", args.command] + [getattr(args, "exercises_command", None) or ""]).strip()
+    world = 1
+    if args.command in PARALLEL:
+        try:
+            world = _join_ranks(args)
+        except Exception as exc:  # every rank alike: --sync-bn alone (2), mpi4py missing (1)
+            with _silenced(quiet):
+                return _report(where, exc, isinstance(exc, ValueError), debug)
     checked = False
     try:
         if getattr(args, "check", None):
-            args.check(args)
+            if world > 1:  # every rank learns whether any rank's options were refused
+                from .train.ranks import agree
+                agree(lambda: args.check(args))
+            else:
+                args.check(args)
         checked = True
         args.run(args)
     except KeyboardInterrupt:
+        if world > 1:
+            from . import distributed
+            distributed.abort(f"{where}: interrupted", INTERRUPTED)
         print(f"{where}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:  # the reader went away (`minires models | head -3`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return FAILURE
     except Exception as exc:  # a ValueError says the input is wrong (ConfigError, CheckpointError ...)
-        return _report(where, exc, not checked or isinstance(exc, ValueError), debug)
+        usage = not checked or isinstance(exc, ValueError)
+        if world == 1:
+            return _report(where, exc, usage, debug)
+        from .train.ranks import raised_on_every_rank
+        if not raised_on_every_rank(exc):
+            _one_rank_failed(where, exc, usage, debug)
+        with _silenced(quiet):  # every rank met it: rank 0 prints it, every rank exits with its status
+            return _report(where, exc, usage, debug)
     return 0
 
 

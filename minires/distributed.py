@@ -33,6 +33,7 @@ from .tensor import Tensor
 
 # environment variables by which MPI launchers (MPICH/Hydra, Open MPI, PMIx, Slurm) give the world size
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 class _World:
@@ -59,6 +60,18 @@ def launched_size():
         if value.isdigit() and int(value) > 1:
             return int(value)
     return 1
+
+
+def launched_rank():
+    """This process's rank as its MPI launcher gave it (from its environment); None outside a launcher.
+
+    Known before ``init``, so a program can keep its ranks other than 0 quiet even when MPI cannot start.
+    """
+    for var in _RANK_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def is_available():

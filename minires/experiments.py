@@ -4,6 +4,11 @@ Plain networks get *worse* in training error as they get deeper; their
 residual twins, with the same layers and the same recipe, do not. Every run
 here uses one recipe (optimiser, schedule, seed, data, augmentation); only
 the depth and the presence of shortcuts change.
+
+The runs are independent, so under ``mpiexec -n N`` they are spread over the
+ranks (each rank trains its runs whole, in one process: no data parallelism)
+and rank 0 gathers their histories and writes the table and the figure. Each
+run seeds itself, so the results are those of one process, whatever N.
 """
 import csv
 import io
@@ -11,9 +16,10 @@ import json
 import os
 import time
 
-from . import models
+from . import distributed, models
 from .train import ConfigError, Run, TrainConfig
 from .train.folder import save_figure, write_atomic
+from .train.ranks import agree
 from .viz.figure import colors, subplots
 
 
@@ -27,33 +33,79 @@ def degradation(data="digits", depths=(8, 20, 56), epochs=20, batch_size=64, lr=
     and test error, dashed, against epochs: plain networks left, ResNets
     right, as in the paper's Figure 6) and one run folder per model. Every option is
     checked (a ``ConfigError``) before any folder is made.
+
+    Under mpiexec every rank calls it alike: rank 0 makes the folder, each rank trains its share of
+    the runs (``spread``) into their run folders, and rank 0 writes the rest and alone logs (the other
+    ranks' runs when they are gathered, a line each). Every rank returns all the results.
     """
-    if isinstance(depths, (int, str)) or not depths or len(set(depths)) != len(depths):
-        raise ConfigError(f"depths must be distinct depths such as (8, 20, 56), got {depths!r}")
-    names = [f"{kind}{depth}" for depth in depths for kind in ("plain", "resnet")]
-    missing = [name for name in names if name not in models.list()]
-    if missing:
-        raise ConfigError(f"no {missing[0]} model: depths must be 6n+2 with a plain twin (8, 20, 32, 44, 56, 110)")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = os.path.join(out, f"degradation-{data}-{stamp}")
-    configs = {name: TrainConfig(model=name, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 warmup_epochs=warmup_epochs, seed=seed, out=folder, data_root=data_root,
-                                 augment=augment) for name in names}
-    os.makedirs(folder, exist_ok=False)
-    results = {}
-    for name, config in configs.items():
+    rank, world = distributed.rank(), distributed.world_size()
+    quiet = rank != 0
+
+    def recipe():
+        if isinstance(depths, (int, str)) or not depths or len(set(depths)) != len(depths):
+            raise ConfigError(f"depths must be distinct depths such as (8, 20, 56), got {depths!r}")
+        names = [f"{kind}{depth}" for depth in depths for kind in ("plain", "resnet")]
+        missing = [name for name in names if name not in models.list()]
+        if missing:
+            raise ConfigError(f"no {missing[0]} model: depths must be 6n+2 with a plain twin "
+                              "(8, 20, 32, 44, 56, 110)")
+        return {name: TrainConfig(model=name, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  warmup_epochs=warmup_epochs, seed=seed, out=out, data_root=data_root,
+                                  augment=augment) for name in names}
+
+    def make_folder():
+        if quiet:
+            return None
+        path = os.path.join(out, f"degradation-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(path, exist_ok=False)
+        return path
+
+    configs = agree(recipe)  # an option refused on one rank is refused on every rank
+    folder = distributed.broadcast_object(agree(make_folder))
+    mine, lines = {}, []
+    for name in spread(list(configs), world)[rank]:
+        config = configs[name]
+        config.out = folder
         sub = os.path.join(folder, name)
         os.makedirs(sub)
-        run = Run(config, folder=sub, progress=progress)
+        run = Run(config, folder=sub, progress=progress and not quiet, data_parallel=False)
         started = time.perf_counter()
-        run.fit(log=lambda line, name=name: log(f"{name}: {line}"))
-        results[name] = run.history
+        run.fit(log=_quiet if quiet else lambda line, name=name: log(f"{name}: {line}"))
+        mine[name] = run.history
         last = run.history[-1]
-        log(f"{name}: final training error {100 * (1 - last['train_acc']):.2f}%, "
-            f"test error {100 * (1 - last['test_acc']):.2f}% ({time.perf_counter() - started:.0f} s)")
-    _write(folder, results, depths)
-    log(f"degradation experiment written to {folder}")
+        lines.append(f"{name}: final training error {100 * (1 - last['train_acc']):.2f}%, "
+                     f"test error {100 * (1 - last['test_acc']):.2f}% ({time.perf_counter() - started:.0f} s"
+                     f"{f' on rank {rank}' if world > 1 else ''})")
+        if not quiet:
+            log(lines[-1])
+    gathered = distributed.all_gather_object((mine, lines))
+    for part, _ in gathered:
+        mine.update(part)
+    results = {name: mine[name] for name in configs}  # in the recipe's order, whoever trained them
+    agree(lambda: None if quiet else _write(folder, results, depths))
+    if not quiet:
+        for line in [line for _, their_lines in gathered[1:] for line in their_lines]:
+            log(line)
+        log(f"degradation experiment written to {folder}")
     return results, folder
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def spread(names, world):
+    """Each rank's share of the runs ``names``: the deepest first, each to the rank with the least depth so far.
+
+    The depth stands for a run's time (layers x the same data), so the ranks finish about together.
+    """
+    shares, load = [[] for _ in range(world)], [0] * world
+    depth = {name: int(name.lstrip("abcdefghijklmnopqrstuvwxyz")) for name in names}
+    for name in sorted(names, key=lambda n: -depth[n]):  # a stable sort: plain before resnet at a depth
+        r = load.index(min(load))
+        shares[r].append(name)
+        load[r] += depth[name]
+    return [[name for name in names if name in share] for share in shares]  # each in the recipe's order
 
 
 def _write(folder, results, depths):

@@ -24,10 +24,20 @@ class DataLoader:
     ``device="cuda"`` moves every batch to the GPU as it is made (the dataset
     itself stays in host memory). ``sampler``: an iterable of dataset indices
     that sets the order instead (e.g. a ``DistributedSampler``: this rank's share).
+
+    ``shard=(rank, world)``: data parallelism that keeps one process's batches.
+    Every rank draws the same order and makes, random transform included, the
+    same whole (global) batch that one process would, then keeps its part:
+    rows ``n * rank // world`` to ``n * (rank + 1) // world`` of a batch of n
+    (equal parts when ``world`` divides n, within one image otherwise; a part
+    can be empty). The ranks' parts together are exactly one process's batch,
+    ``len()`` counts the global batches, and the generator stays the same on
+    every rank, so a state saved with one world size resumes with another.
+    ``dtype``: the images' float type (float32; float64 for exact comparisons).
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, device="cpu",
-                 sampler=None):
+                 sampler=None, shard=None, dtype=np.float32):
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
@@ -42,6 +52,10 @@ class DataLoader:
             raise ValueError("DataLoader: sampler must be an iterable of indices with a length, and excludes "
                              f"shuffle=True (the sampler sets the order), got sampler={sampler!r}, shuffle={shuffle}")
         self.sampler = sampler
+        self.shard = _check_shard(shard)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"DataLoader: dtype must be a float type such as float32, got {self.dtype}")
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.device = normalize_device(device)
@@ -73,7 +87,12 @@ class DataLoader:
             items = [self.dataset[int(i)] for i in indices]
             images = np.stack([np.asarray(image) for image, _ in items])
             labels = np.array([label for _, label in items])
-        return (Tensor(np.ascontiguousarray(images, dtype=np.float32)).to(self.device),
+        if self.shard is not None:  # the whole batch was made (its random draws too); keep this rank's rows
+            rank, world = self.shard
+            n = len(indices)
+            images, labels = images[n * rank // world:n * (rank + 1) // world], \
+                labels[n * rank // world:n * (rank + 1) // world]
+        return (Tensor(np.ascontiguousarray(images, dtype=self.dtype)).to(self.device),
                 Tensor(np.asarray(labels, dtype=np.int64)).to(self.device))
 
     def __iter__(self):
@@ -116,5 +135,20 @@ class DataLoader:
         self.epoch, self._epoch_start = epoch, None
 
     def __repr__(self):
+        shard = "" if self.shard is None else f", shard={self.shard}"
         return (f"DataLoader({len(self.dataset)} items, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, seed={self.seed})")
+                f"drop_last={self.drop_last}, seed={self.seed}{shard})")
+
+
+def _check_shard(shard):
+    """``shard`` as (rank, world) of ints with 0 <= rank < world, or None."""
+    if shard is None:
+        return None
+    try:
+        rank, world = shard
+        ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (rank, world))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= rank < world:
+        raise ValueError(f"DataLoader: shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    return int(rank), int(world)

@@ -17,7 +17,11 @@ checkpoint kept, non-finite weights are never written, and resuming is all or
 nothing (a checkpoint that cannot be resumed changes neither the run nor its folder).
 
 ``options`` holds a run's options and their checks, ``folder`` the files of
-its folder and the checkpoint format, ``loop`` the run itself.
+its folder and the checkpoint format, ``loop`` the run itself, ``ranks`` what a
+data-parallel run adds under ``mpiexec -n N`` (errors the ranks agree on, the
+check that every rank runs the same run). There, ``--batch-size`` is the global
+batch, rank 0 alone writes the folder, and a checkpoint resumes on any number of
+ranks; with ``sync_bn`` the N ranks take the steps of one process.
 """
 from .folder import CHECKPOINT, METRICS, RUN_FILES, CheckpointError, TrainingDiverged, checkpoint_path, \
     plot_curves, read_checkpoint

@@ -1,4 +1,16 @@
-"""The run itself: data, model, optimiser and schedule; epochs of train and test; resuming; evaluation."""
+"""The run itself: data, model, optimiser and schedule; epochs of train and test; resuming; evaluation.
+
+Under ``mpiexec -n N`` (after ``distributed.init()``) a run is data-parallel and takes the steps one
+process would take on the same global batches: ``--batch-size`` is the global batch; every rank makes
+each global batch as one process would, augmentation included, and keeps its rows (``DataLoader(shard=)``);
+each rank's loss is its sum scaled by N / (images in the global batch), so the mean that
+``nn.DistributedDataParallel`` takes of the gradients is the gradient of the global batch's mean loss,
+a short last batch included. With ``sync_bn`` batch norm uses the statistics of the global batch too
+(``nn.SyncBatchNorm``); without it each rank normalises its own part, as PyTorch's DDP does. Metrics
+are reduced over the ranks, so every rank holds what one process would print; rank 0 alone prints and
+writes the run folder. The ranks pass from one collective to the next only through points where they
+agree on errors (``ranks.agree``), so a failure that every rank meets stops every rank alike.
+"""
 import json
 import math
 import os
@@ -7,9 +19,9 @@ import warnings
 
 import numpy as np
 
+from .. import distributed, models, nn, optim
 from .. import functional as F
 from .. import kernels as _kernels
-from .. import models, optim
 from .. import rng as _rng
 from ..autograd import no_grad
 from ..backend import keep_freed_memory, normalize_device
@@ -17,7 +29,8 @@ from ..data import DataLoader, get_dataset
 from .folder import (CHECKPOINT, META_KEY, RUN_FILES, CheckpointError, TrainingDiverged, checkpoint_path,
                      non_finite, read_checkpoint, save_figure, save_finite, write_atomic,
                      write_metrics)
-from .options import TrainConfig, resumed_config, saved_config, with_overrides
+from .options import ConfigError, TrainConfig, check_world, flag, resumed_config, saved_config, with_overrides
+from .ranks import agree, check_same_run, on_every_rank
 
 # per dataset: the augmentation of the training set (pad-and-crop; flips where images allow them)
 _AUGMENT = {"digits": (1, False), "mnist": (2, False), "fashion-mnist": (2, True), "cifar10": (4, True)}
@@ -41,21 +54,36 @@ def build_model(name, info):
     return models.get(name, in_channels=info.in_channels, num_classes=info.num_classes)
 
 
-def _evaluate(model, loader, batches):
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode over ``batches(loader)``; none is an error."""
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _eval_totals(model, loader, batches):
+    """[summed cross-entropy, correct predictions, images] of ``model`` in eval mode over ``batches(loader)``."""
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    totals = np.zeros(3)
     with no_grad():
         for images, labels in batches(loader):
-            logits = model(images)
             n = labels.shape[0]
-            total_loss += F.cross_entropy(logits, labels).item() * n
-            correct += int((logits.data.argmax(axis=1) == labels.data).sum())
-            seen += n
-    if not seen:
+            if not n:  # this rank's part of a short batch can be empty (eval mode needs no other rank)
+                continue
+            logits = model(images)
+            totals += (F.cross_entropy(logits, labels).item() * n,
+                       int((logits.data.argmax(axis=1) == labels.data).sum()), n)
+    return totals
+
+
+def _means(totals, loader):
+    """(mean cross-entropy, accuracy) from ``_eval_totals``; no image at all is an error."""
+    if not totals[2]:
         raise ValueError(f"evaluate: {loader!r} yields no images, so there is nothing to evaluate "
                          "(a drop_last loader whose batch_size is above the number of images?)")
-    return total_loss / seen, correct / seen
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+
+
+def _evaluate(model, loader, batches):
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode over ``batches(loader)``, in this process."""
+    return _means(_eval_totals(model, loader, batches), loader)
 
 
 def _set_random_state(state):
@@ -63,11 +91,25 @@ def _set_random_state(state):
 
 
 class Run:
-    """One training run: model, data, optimiser, schedule and the run folder."""
+    """One training run: model, data, optimiser, schedule and the run folder.
 
-    def __init__(self, config, folder=None, progress=True):
+    Under ``mpiexec`` the run is data-parallel over all ranks (see the module's docstring), and
+    every rank must build it; ``data_parallel=False`` trains in this process alone even there.
+    ``self.model`` is the plain model on every rank (what checkpoints hold); ``self.ddp`` the
+    ``DistributedDataParallel`` around it that training calls (None in one process).
+    """
+
+    def __init__(self, config, folder=None, progress=True, data_parallel=True):
+        self.world = distributed.world_size() if data_parallel else 1
+        self.rank = distributed.rank() if data_parallel else 0
+        agree(lambda: self._build(config, progress), self.world)  # the part that reads: any rank may fail
+        self._join(folder)
+
+    def _build(self, config, progress):
+        """Data, model, optimiser and schedule: this rank's own work, no collective."""
         config.check()  # also the options changed since the config was built
-        self.config, self.progress = config, progress
+        check_world(config, self.world)
+        self.config, self.progress = config, progress and self.rank == 0
         keep_freed_memory()  # every step frees and reallocates the same arrays: keep them (see backend)
         _kernels.use(config.kernels)
         self.device = normalize_device(config.device)
@@ -79,10 +121,23 @@ class Run:
         train_set.transform, test_set.transform = train_tf, test_tf
         # batch norm cannot normalise one image whose features are 1x1: a last batch of one is left out,
         # as drop_last does in PyTorch; every other batch size keeps all the images of an epoch
+        drop_last = len(train_set) % config.batch_size == 1
+        shard = (self.rank, self.world) if self.world > 1 else None
         self.train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=(config.seed, 1),
-                                       drop_last=len(train_set) % config.batch_size == 1, device=self.device)
-        self.test_loader = DataLoader(test_set, 256, shuffle=False, device=self.device)
+                                       drop_last=drop_last, device=self.device, shard=shard)
+        self.test_loader = DataLoader(test_set, 256, shuffle=False, device=self.device, shard=shard)
         self.model = build_model(config.model, self.info).to(self.device)
+        if self.world > 1 and config.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        elif self.world > 1 and not drop_last and 0 < len(train_set) % config.batch_size < self.world:
+            last = len(train_set) % config.batch_size
+            raise ConfigError(f"the last batch of an epoch holds {last} images ({len(train_set)} = "
+                              f"{len(train_set) // config.batch_size} x {config.batch_size} + {last}), fewer than "
+                              f"the {self.world} ranks, so a rank would get none, and batch norm cannot normalise "
+                              "an empty batch on its own: add --sync-bn (batch norm over the global batch), or "
+                              f"choose another {flag('batch_size')}")
+        for loader in (self.train_loader, self.test_loader):  # the images in the model's float type
+            loader.dtype = next(iter(self.model.parameters())).data.dtype
         self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
         steps = config.epochs * len(self.train_loader)
@@ -94,7 +149,23 @@ class Run:
         self.scheduler = (optim.LinearWarmup(self.optimizer, warm, start_factor=0.1, mode="constant", after=main)
                           if warm else main)
         self.epoch, self.history = 0, []
-        self.folder = folder or self._new_folder()
+
+    def _join(self, folder):
+        """The ranks compare their runs, rank 0 makes the folder and names it to all, DDP joins the models."""
+        self.ddp = None
+        if self.world > 1:
+            check_same_run(self.config, self.model)
+        self.folder = agree(lambda: folder or (self._new_folder() if self.rank == 0 else None), self.world)
+        if self.world > 1:
+            self.folder = distributed.broadcast_object(self.folder)
+            try:  # with synchronised batch norm every rank's running statistics are the same already
+                self.ddp = nn.DistributedDataParallel(self.model, broadcast_buffers=not self.config.sync_bn)
+            except ValueError as exc:  # it compares the parameters on every rank
+                raise on_every_rank(exc) from None
+
+    def _on_rank0(self, write):
+        """``write()`` on rank 0 alone, the rank that writes the folder; a failure is raised on every rank."""
+        return agree(lambda: write() if self.rank == 0 else None, self.world)
 
     def _new_folder(self):
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -188,39 +259,62 @@ class Run:
         c = self.config
         kept = (f"The last good checkpoint, after epoch {self.epoch}, is kept as it was: "
                 f"{os.path.join(self.folder, CHECKPOINT)}." if self.epoch else "No checkpoint was written.")
-        return TrainingDiverged(
+        return self._alike(TrainingDiverged(
             f"training diverged in epoch {self.epoch + 1}, step {step} of {len(self.train_loader)}: {what} "
             f"(learning rate {self.optimizer.lr:.4g}). Start again with a smaller --lr (now {c.lr:g}; try a "
-            f"tenth of it), a warm-up (--warmup-epochs 1) or less --weight-decay (now {c.weight_decay:g}). {kept}")
+            f"tenth of it), a warm-up (--warmup-epochs 1) or less --weight-decay (now {c.weight_decay:g}). {kept}"))
+
+    def _alike(self, exc):
+        """``exc`` for an error found in numbers that every rank holds alike, so every rank raises it."""
+        return on_every_rank(exc) if self.world > 1 else exc
 
     def train_epoch(self):
         """One epoch of SGD; the loss is checked at every step and the weights at the end (``TrainingDiverged``)."""
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a divergence gets one clear message
             return self._train_epoch()
 
+    def _loss(self, logits, labels):
+        """(the loss to differentiate, the global batch's mean loss, its images, its correct predictions).
+
+        Under mpiexec: this rank's summed loss times N / (images in the global batch), whose gradient
+        averaged over the N ranks (DDP) is that of the global batch's mean loss; the numbers are summed
+        over the ranks, so every rank checks the same loss for divergence.
+        """
+        hits = int((logits.data.argmax(axis=1) == labels.data).sum())
+        if self.world == 1:
+            loss = F.cross_entropy(logits, labels)
+            return loss, loss.item(), labels.shape[0], hits
+        local = F.cross_entropy(logits, labels, reduction="sum")
+        totals = distributed.all_reduce(np.array([local.item(), hits, labels.shape[0]], dtype=np.float64))
+        n = int(totals[2])
+        return local * (self.world / n), float(totals[0]) / n, n, int(totals[1])
+
     def _train_epoch(self):
-        self.model.train()
+        net = self.model if self.ddp is None else self.ddp
+        net.train()
         total_loss, correct, seen, start, step = 0.0, 0, 0, time.perf_counter(), 0
         bar = self._batches(self.train_loader, f"epoch {self.epoch + 1}/{self.config.epochs} train")
         for step, (images, labels) in enumerate(bar, 1):
-            logits = self.model(images)
-            loss = F.cross_entropy(logits, labels)
-            value = loss.item()  # one number a step: the cheap check that training has not diverged
+            logits = net(images)
+            loss, value, n, hits = self._loss(logits, labels)  # value: one number a step, the divergence check
             if not math.isfinite(value):
                 raise self._diverged(f"the training loss is {value}", step)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            n = labels.shape[0]
             total_loss += value * n
-            correct += int((logits.data.argmax(axis=1) == labels.data).sum())
+            correct += hits
             seen += n
             if self.progress:
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
         if not seen:
-            raise ValueError(f"the training loader yields no batches: {self.train_loader!r}")
+            raise self._alike(ValueError(f"the training loader yields no batches: {self.train_loader!r}"))
+        if self.world > 1:  # rank 0's running statistics (those the checkpoint holds) become every rank's
+            for b in self.model.buffers():
+                if b is not None:
+                    distributed.broadcast(b.data, src=0)
         bad = non_finite(self.model.state_dict())
         if bad:
             raise self._diverged(f"its update left NaN or infinite values in {len(bad)} arrays (first {bad[0]})",
@@ -228,13 +322,27 @@ class Run:
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
 
     def evaluate(self, loader=None):
-        """(mean loss, accuracy) of the model in eval mode on ``loader`` (the test set by default)."""
-        return _evaluate(self.model, self.test_loader if loader is None else loader, self._batches)
+        """(mean loss, accuracy) of the model in eval mode on ``loader`` (the test set by default).
+
+        Under mpiexec every rank evaluates its part of each batch and the sums are reduced over the ranks.
+        """
+        loader = self.test_loader if loader is None else loader
+        totals = _eval_totals(self.model, loader, self._batches)
+        if self.world > 1:  # an unsharded loader just counts every image N times: the means stay
+            distributed.all_reduce(totals)
+        try:
+            return _means(totals, loader)
+        except ValueError as exc:
+            raise self._alike(exc) from None
 
     def fit(self, log=print, until=None):
-        """Train up to epoch ``until`` (default: ``config.epochs``), checkpointing after every epoch."""
+        """Train up to epoch ``until`` (default: ``config.epochs``), checkpointing after every epoch.
+
+        Under mpiexec every rank calls it; rank 0 alone logs and writes.
+        """
         until = self.config.epochs if until is None else min(until, self.config.epochs)
-        self._open_folder()
+        log = log if self.rank == 0 else _quiet
+        self._on_rank0(self._open_folder)
         while self.epoch < until:
             lr = self.optimizer.lr
             train_loss, train_acc, speed = self.train_epoch()
@@ -247,19 +355,22 @@ class Run:
             self.history.append(row)
             log(f"epoch {self.epoch:3d}/{self.config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"test loss {test_loss:.4f} acc {test_acc:.4f}  lr {lr:.4g}  {speed:.0f} img/s")
-            self.save_checkpoint()
-            self.write_metrics()
+            self._on_rank0(lambda: (self.save_checkpoint(), self.write_metrics()))
         if self.epoch < self.config.epochs:
             return self.history
-        save_finite({k: v.numpy() for k, v in self.model.state_dict().items()},
-                    os.path.join(self.folder, "model.npz"))
+        self._on_rank0(lambda: save_finite({k: v.numpy() for k, v in self.model.state_dict().items()},
+                                           os.path.join(self.folder, "model.npz")))
         self.write_gradient_flow()
         return self.history
 
     def write_gradient_flow(self):
-        """``gradient_flow.png``: the trained model's gradient per block, through identity and branch."""
+        """``gradient_flow.png``: the trained model's gradient per block, through identity and branch.
+
+        Under mpiexec every rank computes it (DDP reduces the gradients of the backward); rank 0 writes it.
+        """
         from ..viz.gradflow import gradient_flow, plot_block_contributions
-        images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False, device=self.device)))
+        images, labels = next(iter(DataLoader(self.train_loader.dataset, 128, shuffle=False, device=self.device,
+                                              dtype=self.train_loader.dtype)))
         self.model.eval()  # running statistics stay as trained (BN's backward works in eval mode)
         with warnings.catch_warnings():  # a model without residual adds (DenseNet) just gets no figure
             warnings.simplefilter("ignore", UserWarning)
@@ -267,9 +378,9 @@ class Run:
         self.model.zero_grad()
         if not flow.blocks:
             return
-        fig = plot_block_contributions(flow, title=f"{self.config.model} after {self.epoch} epochs: "
-                                                   "gradient at each block's input")
-        save_figure(fig, os.path.join(self.folder, "gradient_flow.png"))
+        title = f"{self.config.model} after {self.epoch} epochs: gradient at each block's input"
+        self._on_rank0(lambda: save_figure(plot_block_contributions(flow, title=title),
+                                           os.path.join(self.folder, "gradient_flow.png")))
 
     def write_metrics(self):
         write_metrics(self.folder, self.history)
@@ -281,16 +392,24 @@ def train(config=None, resume=None, progress=True, log=print, **overrides):
     A resumed run keeps its options: only those in ``RESUMABLE`` may change, and any other that
     differs is a ``ConfigError`` that lists them. The checkpoint is checked whole before
     anything is written; a failed resume leaves the run folder as it was.
+
+    Under mpiexec every rank calls it with the same arguments and trains its part (see ``Run``); a
+    checkpoint holds the global state, so a run resumes with the same or another number of ranks.
+    An error that any rank meets before training is raised on every rank (``ranks.agree``).
     """
+    log = log if distributed.rank() == 0 else _quiet
     if resume is not None:
-        path = checkpoint_path(resume)
-        meta, model_state, opt_state = read_checkpoint(path)
-        run = Run(resumed_config(path, meta, overrides), folder=os.path.dirname(os.path.abspath(path)),
-                  progress=progress)
-        run._resume(path, meta, model_state, opt_state)
+        def read():
+            path = checkpoint_path(resume)
+            meta, model_state, opt_state = read_checkpoint(path)
+            return path, meta, model_state, opt_state, resumed_config(path, meta, overrides)
+
+        path, meta, model_state, opt_state, config = agree(read)
+        run = Run(config, folder=os.path.dirname(os.path.abspath(path)), progress=progress)
+        agree(lambda: run._resume(path, meta, model_state, opt_state))
         log(f"resuming {run.folder} after epoch {run.epoch}")
     else:
-        run = Run(with_overrides(config or TrainConfig(), overrides), progress=progress)
+        run = Run(agree(lambda: with_overrides(config or TrainConfig(), overrides)), progress=progress)
         log(f"run folder: {run.folder}")
     run.fit(log=log)
     return run

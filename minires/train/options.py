@@ -10,8 +10,8 @@ from ..backend import normalize_device
 from ..data import list_datasets
 from .folder import CheckpointError
 
-# what a resumed run may change: where it runs, where its data lies, and how far it goes
-RESUMABLE = ("epochs", "kernels", "device", "data_root", "download")
+# what a resumed run may change: where and how it runs, where its data lies, and how far it goes
+RESUMABLE = ("epochs", "kernels", "device", "data_root", "download", "sync_bn")
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,7 @@ class TrainConfig:
     data_root: str = None
     augment: bool = True
     download: bool = True
+    sync_bn: bool = False             # under mpiexec: batch norm over the global batch (nn.SyncBatchNorm)
 
     def __post_init__(self):
         self.check()
@@ -69,7 +70,7 @@ class TrainConfig:
         for name in ("model", "data", "schedule", "kernels", "device"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{own}: {flag(name)} must be a string, got {getattr(self, name)!r}")
-        for name in ("nesterov", "augment", "download"):
+        for name in ("nesterov", "augment", "download", "sync_bn"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{own}: {name} must be True or False, got {getattr(self, name)!r}")
         if self.model not in models.list():
@@ -122,6 +123,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def check_world(config, world):
+    """Refuse a run that ``world`` ranks cannot share: ``--batch-size`` is the global batch, split evenly."""
+    if world > 1 and config.batch_size % world:
+        low = config.batch_size // world * world
+        such = f"{low} or {low + world}" if low >= 2 else f"{low + world}"
+        raise ConfigError(f"{flag('batch_size')} {config.batch_size} is the global batch, split evenly over the "
+                          f"{world} ranks (mpiexec -n {world}), and {config.batch_size} is not a multiple of "
+                          f"{world}: give a multiple of {world} such as {such}, or launch a number of ranks that "
+                          f"divides {config.batch_size}")
+
+
 def with_overrides(config, overrides):
     """A copy of ``config`` with ``overrides``, checked (an unknown option is a ``ConfigError`` too)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -146,8 +158,8 @@ def resumed_config(path, meta, overrides):
                  if k not in RESUMABLE and hasattr(saved, k) and v != getattr(saved, k)]
     if conflicts:
         raise ConfigError(f"--resume continues {os.path.dirname(os.path.abspath(path))} with the options it "
-                          f"started with, and these differ from them: {'; '.join(conflicts)}. Leave them out "
-                          "(only --epochs, --kernels, --device and --data-root may change), or start a new run")
+                          f"started with, and these differ from them: {'; '.join(conflicts)}. Leave them out (only "
+                          "--epochs, --kernels, --device, --data-root and --sync-bn may change), or start a new run")
     config = with_overrides(saved, overrides)
     if config.epochs < meta["epoch"]:
         raise ConfigError(f"{flag('epochs')} {config.epochs} is fewer than the {meta['epoch']} epochs the run "
