@@ -328,6 +328,16 @@ def all_gather_object(obj):
     return _timed(lambda: _world.comm.allgather(obj))
 
 
+def all_gather(a):
+    """[a of rank 0, a of rank 1, ...] stacked: a NumPy array of the same shape and dtype on every rank."""
+    a = np.ascontiguousarray(a)
+    if _world.size == 1:
+        return a[None].copy()
+    out = np.empty((_world.size,) + a.shape, dtype=a.dtype)
+    _timed(lambda: _world.comm.Allgather(a, out))
+    return out
+
+
 def broadcast_object(obj, src=0):
     """Rank ``src``'s ``obj`` on every rank."""
     if _world.size == 1:
@@ -411,8 +421,7 @@ def global_batch_stats(mean, var, count):
     local = xp.concatenate([xp.asarray([float(count)]), mean.astype(np.float64), var.astype(np.float64)])
     if _world.size == 1:
         return mean.astype(np.float64), var.astype(np.float64), count
-    host = local.get() if hasattr(local, "get") else local
-    rows = np.stack(all_gather_object(host))
+    rows = all_gather(local.get() if hasattr(local, "get") else local)
     c = mean.shape[0]
     counts, means, variances = rows[:, :1], rows[:, 1:1 + c], rows[:, 1 + c:]
     total = counts.sum()
