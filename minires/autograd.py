@@ -306,7 +306,10 @@ def _backward(root, grad, retain_graph):
             _check_versions(t.grad_fn, t)
     # id(tensor) -> [gradient array, whether the engine owns it (may add into it in place)]
     grads = {id(root): [grad, True]}
-    for t in reversed(order):
+    for i in range(len(order) - 1, -1, -1):
+        t = order[i]
+        if not retain_graph:  # the graph's tensors go as their gradients move on: memory peaks lower
+            order[i] = None
         entry = grads.pop(id(t), None)
         if entry is None:  # nothing reached this tensor (e.g. only through None gradients)
             continue
