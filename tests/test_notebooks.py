@@ -37,6 +37,7 @@ EXPECTED = [
     "06_relatives.ipynb",
     "07_kernels.ipynb",
     "08_training_for_real.ipynb",
+    "09_data_parallel.ipynb",
 ]
 CELL_TIMEOUT = 300  # seconds per cell; a FAST run of a whole notebook takes well under a minute
 KERNEL_NAME = "minires-tests"  # a kernelspec of our own, so the kernel is this interpreter
