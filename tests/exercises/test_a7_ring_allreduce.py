@@ -136,11 +136,10 @@ def traffic_problem(results, case, n, phases, named=True):
     """None when every rank sent the ring's messages: per phase N - 1, one chunk each, to the next rank only."""
     size, steps = case["size"], phases * (n - 1)
     if case.get("bounds"):
-        b = case["bounds"]
-        lengths = [b[i + 1] - b[i] for i in range(n)]
-    else:  # the whole ring with chunk_bounds's chunks: as even as can be
-        lengths = [size // n + (i < size % n) for i in range(n)]
-    largest, empty = max(lengths), lengths.count(0)
+        lengths = [case["bounds"][i + 1] - case["bounds"][i] for i in range(n)]
+        largest, empty = max(lengths), lengths.count(0)
+    else:  # the whole ring, with chunk_bounds's chunks: as even as can be
+        largest, empty = -(-size // n), max(0, n - size)
     what = describe(case, n) + ": " if named else ""
     for r in results:
         rank, right, left = r["rank"], (r["rank"] + 1) % n, (r["rank"] - 1) % n
