@@ -3,9 +3,10 @@
 The reference unfolds the whole batch into one (C*kh*kw, N*OH*OW) matrix and
 runs one big GEMM. Here each thread takes one sample at a time and keeps
 everything it touches in its core's cache, and runs that sample's GEMMs with
-a single-threaded BLAS (``numba_blas``). Three routes, by the shape of the
-convolution (``geometry`` picks one; ``numba_cpu``'s conv2d functions
-dispatch to it):
+a single-threaded BLAS (``numba_blas``). Convolutions with few channels
+take the direct route of ``numba_direct`` instead (no GEMM at all); the rest
+take one of three routes, by the shape of the convolution (``geometry``
+picks one; ``numba_cpu``'s conv2d functions dispatch to it):
 
 - unfolded rows (strided windows, and images with few channels): the sample
   is unfolded pixel-major, one row of kh*kw*C numbers per output pixel;

@@ -7,16 +7,21 @@ spreads independent work (samples, (sample, channel) planes, channels) over
 the cores, so no two threads ever write the same element. The index
 arithmetic lives in ``_index.py``, shared with the CUDA kernels.
 
-The convolutions are the exception to the reference's layouts: they take one
-of three tuned routes (``numba_conv.py``: unfolded pixel-major rows, shifted
-windows at stride 1, the NCHW image itself for 1x1), each running BLAS GEMMs
-one sample at a time through ``numba_blas.py``.
+The convolutions are the exception to the reference's layouts. Those with
+few channels (ResNet's 16-128) take the direct route (``numba_direct.py``):
+no GEMM, every output's taps summed in vector registers (``numba_tile.py``),
+the result handed back channels-last (NHWC memory seen as NCHW). Wider ones
+take one of three BLAS routes (``numba_conv.py``: unfolded pixel-major rows,
+shifted windows at stride 1, the NCHW image itself for 1x1), one sample at a
+time through ``numba_blas.py``. Batch norm and the residual add take
+channels-last arrays as they lie (``numba_nhwc.py``), so activations stay
+channels-last from one convolution to the next.
 
 Numba compiles for float32 and float64; other dtypes (float16) are served by
 the NumPy reference. ``cache=True`` keeps the machine code on disk, so only
 the first run pays for compilation. (Numba checks only the file of the
-function it cached: after editing ``_index.py`` or ``numba_blas.py``, delete
-``kernels/__pycache__`` so their callers recompile.)
+function it cached: after editing ``_index.py``, ``numba_blas.py`` or
+``numba_tile.py``, delete ``kernels/__pycache__`` so their callers recompile.)
 """
 import functools
 import os
@@ -32,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from . import _index, numba_conv, numpy_ref  # noqa: E402
+from . import _index, numba_conv, numba_direct, numba_nhwc, numpy_ref  # noqa: E402
 from ._index import conv_output_size  # noqa: E402
 
 NAME = "numba"
@@ -55,6 +60,18 @@ def _compiled_dtypes(fn):
         return fn(first, *args, **kwargs)
 
     return wrapper
+
+
+def _channels_last_by(index):
+    """Send the call to ``numba_nhwc``'s kernel of the same name when argument ``index`` lies channels-last."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args):
+            if numba_nhwc.is_channels_last(args[index]):
+                return getattr(numba_nhwc, fn.__name__)(*args)
+            return fn(*args)
+        return wrapper
+    return decorate
 
 
 def _c(a):
@@ -152,7 +169,9 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
 
 @_compiled_dtypes
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x, sample by sample: pointwise GEMMs, shifted windows or unfolded rows."""
+    """y = W * x, sample by sample: direct tiles, pointwise GEMMs, shifted windows or unfolded rows."""
+    if numba_direct.serves(x.shape, weight.shape, stride, padding):
+        return numba_direct.forward(x, weight, numba_direct.plan(x.shape, weight.shape, stride, padding))
     g = numba_conv.geometry(x.shape, weight.shape, stride, padding)
     if g.pointwise:
         return numba_conv.pointwise_forward(x, weight, g)
@@ -164,6 +183,8 @@ def conv2d_forward(x, weight, stride, padding):
 @_compiled_dtypes
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
     """dx = the adjoint of the forward's unfolding applied to dy^T @ W, sample by sample, by the same route."""
+    if numba_direct.serves(x_shape, weight.shape, stride, padding):
+        return numba_direct.backward_input(grad_out, weight, numba_direct.plan(x_shape, weight.shape, stride, padding))
     g = numba_conv.geometry(x_shape, weight.shape, stride, padding)
     if g.pointwise:
         return numba_conv.pointwise_backward_input(grad_out, weight, g)
@@ -175,6 +196,8 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
 @_compiled_dtypes
 def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
     """dW = the sum over samples of dy[n] @ unfolded x[n], by the forward's route; nothing is kept from forward."""
+    if numba_direct.serves(x.shape, weight_shape, stride, padding):
+        return numba_direct.backward_weight(grad_out, x, numba_direct.plan(x.shape, weight_shape, stride, padding))
     g = numba_conv.geometry(x.shape, weight_shape, stride, padding)
     if g.pointwise:
         return numba_conv.pointwise_backward_weight(grad_out, x, g)
@@ -196,6 +219,7 @@ def _residual_add(f, s, relu, y):
 
 
 @_compiled_dtypes
+@_channels_last_by(0)
 def residual_add_forward(f, s, relu):
     """y = relu(f + s) (or f + s)."""
     y = np.empty(f.shape, dtype=f.dtype)
@@ -211,6 +235,7 @@ def _relu_mask(grad_out, y, g):
 
 
 @_compiled_dtypes
+@_channels_last_by(1)
 def residual_add_backward(grad_out, y, relu):
     """Returns (grad into the residual branch, grad into the shortcut), both g = dy * (y > 0).
 
@@ -271,6 +296,7 @@ def _channel_mean_var(x, mean, var):
 
 
 @_compiled_dtypes
+@_channels_last_by(0)
 def batch_norm_stats(x):
     """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W)."""
     c = x.shape[1]
@@ -292,6 +318,7 @@ def _channel_affine(x, scale, shift, y):
 
 
 @_compiled_dtypes
+@_channels_last_by(0)
 def batch_norm_forward(x, scale, shift):
     """y = x * scale + shift, per channel."""
     y = np.empty(x.shape, dtype=x.dtype)
@@ -317,6 +344,7 @@ def _bn_grad_sums(grad_out, x, mean, invstd, dbias, dweight):
 
 
 @_compiled_dtypes
+@_channels_last_by(1)
 def batch_norm_grad_sums(grad_out, x, mean, invstd):
     """(dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W), xhat = (x - mean) * invstd."""
     dtype, c = x.dtype, x.shape[1]
@@ -338,6 +366,7 @@ def _bn_backward_dx(grad_out, x, mean, invstd, scale, mean_dy, mean_dy_xhat, dx)
 
 
 @_compiled_dtypes
+@_channels_last_by(1)
 def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
     """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient with batch statistics."""
     dtype = x.dtype

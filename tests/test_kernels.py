@@ -239,7 +239,8 @@ def test_numba_conv_routes_agree_with_the_reference(monkeypatch, layout, cblas, 
     that means nothing.
     """
     numba_cpu = _load_or_skip("numba")
-    from minires.kernels import numba_conv
+    from minires.kernels import numba_conv, numba_direct
+    monkeypatch.setattr(numba_direct, "DIRECT_MAX_CHANNELS", 0)  # the direct route: test_kernels_numba_routes.py
     monkeypatch.setattr(numba_conv, "SHIFTED_MIN_CHANNELS", 1 if layout == "shifted" else 10**9)
     if cblas == "np.dot":
         monkeypatch.setattr(numba_conv, "CBLAS", {np.dtype(t): (0, False) for t in (np.float32, np.float64)})
