@@ -87,7 +87,8 @@ def test_the_copy_holds_the_tracked_files_and_no_history(copies):
     assert list(manifest["exercises"]) == ALL and list(manifest["assignments"]) == [1, 2, 3, 4, 5, 6, 7]
     conv = read_manifest(copies.conv)
     assert list(conv["exercises"]) == CONV
-    assert set(conv["removed_modules"]) == {"kernels/numba_cpu.py", "kernels/numba_conv.py", "kernels/cupy_kernels.py"}
+    assert set(conv["removed_modules"]) == {"kernels/numba_cpu.py", "kernels/numba_conv.py", "kernels/numba_direct.py",
+                                            "kernels/numba_nhwc.py", "kernels/cupy_kernels.py"}
 
 
 def test_the_copy_installs_and_imports_its_own_code(copies, tmp_path):

@@ -65,8 +65,10 @@ class Assignment:
         return sum(e.points for e in self.exercises)
 
 
-# the compiled backends show every kernel's solution (numba_conv.py holds numba_cpu's convolution routes)
+# the compiled backends show every kernel's solution (numba_conv.py, numba_direct.py and numba_nhwc.py hold
+# numba_cpu's convolution routes and its channels-last batch norm and residual add)
 _BACKENDS = (RemoveModule("kernels/numba_cpu.py"), RemoveModule("kernels/numba_conv.py"),
+             RemoveModule("kernels/numba_direct.py"), RemoveModule("kernels/numba_nhwc.py"),
              RemoveModule("kernels/cupy_kernels.py"))
 _CUDA = "kernels/numba_cuda.py"
 _CONV_DOC = CutDocstring("minires/functional.py", "Conv2dFunction")
