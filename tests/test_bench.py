@@ -7,6 +7,7 @@ from a formula written here from the architecture, not from the code under test.
 """
 import importlib.util
 import json
+import os
 import statistics
 
 import pytest
@@ -17,7 +18,7 @@ from minires.bench import worker
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 FIELDS = {"workload", "framework", "backend", "device", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
-          "images_per_s", "flop", "gflop_per_s", "peak_mib", "time_ratio_vs_torch", "memory_ratio_vs_torch"}
+          "images_per_s", "flop", "gflop_per_s", "peak_mib", "blas", "time_ratio_vs_torch", "memory_ratio_vs_torch"}
 
 
 def resnet20_macs(side=32):
@@ -74,6 +75,9 @@ def test_conv_multiply_adds_match_the_formula():
 def test_quick_run_through_the_api():
     records = bench.run_bench("resnet20_train", "numpy", batch_size=2, threads=1, quick=True)
     check_records(records, "resnet20_train", 2, forward_passes=3)
+    mine = records[0]["blas"]
+    assert mine.count("(") == mine.count("1 thread)") > 0, f"the child's BLAS runs the one thread it was given, " \
+                                                           f"got {mine!r}"
     assert "resnet20_train" in bench.format_table(records)
 
 
@@ -92,6 +96,24 @@ def test_rounds_pool_every_round_of_every_framework(capsys):
     turns = [line.split()[2] for line in captured.err.splitlines() if line.startswith("bench: ")]
     frameworks = ["numpy", "torch"] if HAS_TORCH else ["numpy"]
     assert turns == frameworks * 2, f"expected the frameworks to take turns, got {turns}"
+
+
+def test_children_drop_the_openblas_kernel_pins(monkeypatch):
+    """OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE would make OpenBLAS run another CPU's kernels: the children drop them."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    answer = worker.measure({"framework": "minires", "backend": "numpy", "workload": "conv_fwd_3to16_32px",
+                             "device": "cpu", "batch": 1, "threads": 1, "warmup": 0, "repeat": 1})
+    assert "Haswell" not in answer["blas"] or _native_kernel() == "Haswell", answer["blas"]
+
+
+def _native_kernel():
+    """The OpenBLAS kernel a fresh process without the pins picks on this CPU."""
+    import subprocess
+    import sys
+    code = "import numpy, threadpoolctl; print(threadpoolctl.threadpool_info()[0].get('architecture'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
 
 
 @pytest.mark.parametrize("framework, backend", [

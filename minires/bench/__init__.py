@@ -6,6 +6,9 @@ through the environment before NumPy, Numba or PyTorch load, so peak memory
 is that workload's alone and every framework gets the same cores. Each child
 first keeps freed memory for reuse (``minires.backend.keep_freed_memory``), as
 training does, so minires and PyTorch time their steps on the same allocator.
+The children run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (pins that make
+OpenBLAS use another CPU's kernels), and the heading names the BLAS, its kernels
+and threads as the child found them.
 Times are medians after warm-up; GFLOP/s counts 2 FLOPs per multiply-add of the
 convolutions and linear layers (``minires.viz.summary``'s count), three times
 the forward's for a training step.
@@ -21,15 +24,18 @@ after setup (CuPy's memory pool; PyTorch's reserved bytes).
     worker.py     one measurement in a child process: environment, timing
     memory.py     the peak-memory meters the child reads
     runner.py     the parent: options checked, frameworks taking turns, records
+    ranks.py      ``--ranks 1,2``: data-parallel training on MPI ranks (mpiexec), speed-up and communication
     report.py     the heading and the table
     cli.py        the ``minires bench`` options
 """
 from .cli import add_bench_parser, run_cli
+from .ranks import format_ranks_table, parse_ranks, run_ranks
 from .report import describe_gpu, format_table
 from .runner import DEVICES, check_device, resolve_backends, run_bench, torch_available
 from .workloads import (DEFAULT_WORKLOADS, GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS, Workload,
                         macs_per_image, resolve_workloads)
 
 __all__ = ["DEFAULT_WORKLOADS", "DEVICES", "GROUPS", "QUICK_REPEAT", "QUICK_WARMUP", "WORKLOADS", "Workload",
-           "add_bench_parser", "check_device", "describe_gpu", "format_table", "macs_per_image",
-           "resolve_backends", "resolve_workloads", "run_bench", "run_cli", "torch_available"]
+           "add_bench_parser", "check_device", "describe_gpu", "format_ranks_table", "format_table",
+           "macs_per_image", "parse_ranks", "resolve_backends", "resolve_workloads", "run_bench", "run_cli",
+           "run_ranks", "torch_available"]

@@ -20,7 +20,7 @@ def format_heading(records, device, started, load):
         where = f"GPU {describe_gpu()}, PyTorch with TF32 off; host threads {first['threads']}"
         memory = "peak MiB = GPU memory the framework's allocator held above the live memory after setup"
     else:
-        where = f"threads {first['threads']} (of {os.cpu_count()} CPUs)"
+        where = f"threads {first['threads']} (of {os.cpu_count()} CPUs), BLAS {first.get('blas')}"
         memory = "peak MiB = peak RSS above the child's after-setup baseline"
     return (f"minires bench, {started:%Y-%m-%d %H:%M %Z}: {where}, load average {load:.2f} at the start and "
             f"{os.getloadavg()[0]:.2f} at the end; ms = median of the timed runs after warm-up{rounds}; {memory}")

@@ -55,7 +55,8 @@ def _record(workload, framework, backend, device, batch, threads, warmup, answer
             "threads": threads, "warmup": warmup, "rounds": rounds, "repeat": len(answer["times_s"]),
             "ms": ms, "times_ms": [1e3 * t for t in answer["times_s"]],
             "images_per_s": batch / (ms / 1e3), "flop": flop, "gflop_per_s": flop / (ms / 1e3) / 1e9,
-            "peak_mib": answer["peak_kib"] / 1024, "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None}
+            "peak_mib": answer["peak_kib"] / 1024, "blas": answer.get("blas"),
+            "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None}
 
 
 COUNTS = (("batch_size", 1), ("threads", 1), ("repeat", 1), ("warmup", 0), ("rounds", 1))  # (option, minimum)
@@ -92,13 +93,14 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                 "warmup": warmup if warmup is not None else (QUICK_WARMUP if quick else workload.warmup),
                 "repeat": repeat if repeat is not None else (QUICK_REPEAT if quick else workload.repeat)}
         flop = workload.flop(batch, macs_per_image(workload))
-        answers = {key: {"times_s": [], "peak_kib": 0} for key in frameworks}
+        answers = {key: {"times_s": [], "peak_kib": 0, "blas": None} for key in frameworks}
         for _ in range(rounds):
             for framework, backend in frameworks:
                 answer = measure(dict(spec, framework=framework, backend=backend))
                 pooled = answers[framework, backend]
                 pooled["times_s"] += answer["times_s"]
                 pooled["peak_kib"] = max(pooled["peak_kib"], answer["peak_kib"])
+                pooled["blas"] = answer.get("blas")
                 if log is not None:
                     ms, mib = 1e3 * statistics.median(answer["times_s"]), answer["peak_kib"] / 1024
                     print(f"bench: {workload.name:<26} {backend:<7} {ms:10.2f} ms  {mib:8.1f} MiB", file=log,

@@ -1,10 +1,13 @@
 """One measurement in a fresh process: the parent starts ``python -m minires.bench --worker SPEC``, the child times.
 
 ``SPEC`` is a JSON object: framework ("minires" or "torch"), backend, workload,
-device, batch, threads, warmup, repeat. The child answers with one JSON line
-on stdout: the timed runs' seconds and the peak memory in KiB. A fresh process
-per measurement keeps each peak to one workload, and lets the thread count be
-fixed before NumPy, Numba or PyTorch load.
+device, batch, threads, warmup, repeat (and ``ranks`` when ``mpiexec`` started
+it for ``--ranks``: see ``ranks``). The child answers with one JSON line on
+stdout: the timed runs' seconds, the peak memory in KiB and the BLAS that ran.
+A fresh process per measurement keeps each peak to one workload, and lets the
+thread count be fixed before NumPy, Numba or PyTorch load; OpenBLAS's kernel
+pins (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) are dropped, so it runs the kernels
+it picks for this CPU.
 """
 import argparse
 import gc
@@ -23,15 +26,50 @@ from .workloads import WORKLOADS
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
+# pins that make OpenBLAS use another CPU's kernels (e.g. Haswell's AVX2 on an AVX-512 machine) and cache size
+BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def clean_environment(threads):
+    """A child's environment: ``threads`` threads everywhere, no forced backend, OpenBLAS picking its own kernel."""
+    env = dict(os.environ)
+    env.pop("MINIRES_KERNELS", None)  # the spec names the backend
+    for name in BLAS_PINS:
+        env.pop(name, None)
+    env.update({v: str(threads) for v in THREAD_VARIABLES})
+    return env
+
+
+def blas_description():
+    """The BLAS libraries loaded here with their kernels and threads, NumPy's first, then any other (SciPy's).
+
+    E.g. "openblas 0.3.31 of numpy (SkylakeX kernels, 1 thread)", as threadpoolctl finds them.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # no threadpoolctl, or it could not inspect the process
+        return "unknown (pip install threadpoolctl to see it)"
+    if not info:
+        return "none found"
+
+    def owner(lib):  # the package that ships it: site-packages/numpy.libs/libscipy_openblas64_....so -> numpy
+        folder = os.path.basename(os.path.dirname(lib.get("filepath", "")))
+        return folder[:-5] if folder.endswith(".libs") else folder
+
+    parts = []
+    for lib in sorted(info, key=lambda lib: (owner(lib) != "numpy", owner(lib))):
+        kernel = f"{lib['architecture']} kernels, " if lib.get("architecture") else ""
+        n = lib.get("num_threads")
+        parts.append(f"{lib.get('internal_api', '?')} {lib.get('version') or ''} of {owner(lib)} "
+                     f"({kernel}{n} thread{'' if n == 1 else 's'})")
+    return ", ".join(parts)
 
 
 def measure(spec):
     """Start a fresh interpreter with the thread variables set, run ``spec`` there, return its JSON answer."""
-    env = dict(os.environ)
-    env.pop("MINIRES_KERNELS", None)  # the spec names the backend
-    env.update({v: str(spec["threads"]) for v in THREAD_VARIABLES})
     done = subprocess.run([sys.executable, "-m", "minires.bench", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=clean_environment(spec["threads"]))
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise RuntimeError(f"{spec['framework']} {spec['workload']} ({spec['backend']}) failed: {lines[-1]}")
@@ -84,7 +122,7 @@ def run(spec):
         sync()
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - start)
-    return {"times_s": times, "peak_kib": memory.peak_kib()}
+    return {"times_s": times, "peak_kib": memory.peak_kib(), "blas": blas_description()}
 
 
 def main(argv=None):
@@ -92,4 +130,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minires.bench",
                                      description="one measurement of `minires bench`, in its own process")
     parser.add_argument("--worker", required=True, help="the measurement, as JSON")
-    print(json.dumps(run(json.loads(parser.parse_args(argv).worker))))
+    spec = json.loads(parser.parse_args(argv).worker)
+    if "ranks" in spec:  # one of the ranks mpiexec started for ``--ranks``: only rank 0 answers
+        from .ranks import run_on_ranks
+        answer = run_on_ranks(spec)
+    else:
+        answer = run(spec)
+    if answer is not None:
+        print(json.dumps(answer), flush=True)
