@@ -30,11 +30,12 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _index
 from .numba_conv import _transpose
-from .numba_tile import MAX_ROWS, check_reach, lanes_of, tiles
+from .numba_threads import chunks_for, run
+from .numba_tile import MAX_ROWS, check_reach, lanes_of, rows_per_tile, tiles
 
 
 class Plan(NamedTuple):
@@ -204,51 +205,53 @@ def _to_grid(dy, last, b, gp, lanes, g):
 
 
 # ---------------------------------------------------------------- the routes' compiled loops
+#
+# Each runs the samples [first, stop) of one chunk on one of the kernel
+# threads (``numba_threads``), in that thread's scratch (``worker``).
 
-@njit(parallel=True, cache=True)
-def _forward(x, last, wt, seg, taps, sh, sw, ph, z, gp, plane, q, xs, yg, y):
+@njit(nogil=True, cache=True)
+def _forward(chunk, first, stop, worker, x, last, wt, seg, taps, sh, sw, ph, z, gp, plane, q, xs, yg, y):
     """y[n] = the tiles over sample n's planes: the sum over taps and channels of x's pixels times W's rows.
 
     seg: the offsets (in numbers) of groups of ``taps`` taps whose pixels follow each other.
     """
     c, lanes = wt.shape[1], wt.shape[2]
-    w_flat = wt.reshape(-1)
-    for b in prange(y.shape[0]):
-        t = numba.get_thread_id()
-        _fill(x, last, b, sh, sw, ph, z, gp, plane, c, xs[t])
-        tiles(xs[t], 0, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, q, yg[t], 0, lanes, lanes, False)
-        _from_grid(yg[t], gp, lanes, y[b])
+    w_flat, scratch, grid = wt.reshape(-1), xs[worker], yg[worker]
+    for b in range(first, stop):
+        _fill(x, last, b, sh, sw, ph, z, gp, plane, c, scratch)
+        tiles(scratch, 0, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, q, grid, 0, lanes, lanes, False)
+        _from_grid(grid, gp, lanes, y[b])
 
 
-@njit(parallel=True, cache=True)
-def _backward_weight(dy, dy_last, x, last, seg, sh, sw, ph, z, gp, plane, q, c, xs, dyg, parts):
-    """parts[t, tap] += (x's planes at the tap, c channels a pixel)^T @ dy on the grid, over thread t's samples."""
+@njit(nogil=True, cache=True)
+def _backward_weight(chunk, first, stop, worker, dy, dy_last, x, last, seg, sh, sw, ph, z, gp, plane, q, c, xs, dyg,
+                     parts):
+    """parts[chunk, tap] = the sum over the chunk's samples of (x's planes at the tap)^T @ dy on the grid."""
     lanes, rows = parts.shape[3], parts.shape[2]
     one = np.zeros(1, dtype=np.int64)
-    for b in prange(x.shape[0]):
-        t = numba.get_thread_id()
-        _fill(x, last, b, sh, sw, ph, z, gp, plane, c, xs[t])
-        _to_grid(dy, dy_last, b, gp, lanes, dyg[t])
-        part = parts[t].reshape(-1)
+    scratch, grid, part = xs[worker], dyg[worker], parts[chunk].reshape(-1)
+    for b in range(first, stop):
+        _fill(x, last, b, sh, sw, ph, z, gp, plane, c, scratch)
+        _to_grid(dy, dy_last, b, gp, lanes, grid)
         for tap in range(seg.size):
-            tiles(xs[t], seg[tap] * c, c, 1, one, dyg[t], 0, lanes, 0, q, c, part, tap * rows * lanes, lanes,
-                  lanes, True)
+            tiles(scratch, seg[tap] * c, c, 1, one, grid, 0, lanes, 0, q, c, part, tap * rows * lanes, lanes, lanes,
+                  True)
 
 
-@njit(parallel=True, cache=True)
-def _backward_input_scatter(dy, dy_last, wt, seg, sh, sw, ph, z, gp, plane, q, dyg, dxs, dx):
+@njit(nogil=True, cache=True)
+def _backward_input_scatter(chunk, first, stop, worker, dy, dy_last, wt, seg, sh, sw, ph, z, gp, plane, q, dyg, dxs,
+                            dx):
     """dx[n]: every tap's dy on the grid @ W[tap] added into the planes at the tap's offset, then un-planed."""
     o, lanes = wt.shape[1], wt.shape[2]
     one = np.zeros(1, dtype=np.int64)
-    w_flat = wt.reshape(-1)
-    for b in prange(dx.shape[0]):
-        t = numba.get_thread_id()
-        _to_grid(dy, dy_last, b, gp, o, dyg[t])
-        dxs[t][:] = 0
+    w_flat, grid, scratch = wt.reshape(-1), dyg[worker], dxs[worker]
+    for b in range(first, stop):
+        _to_grid(dy, dy_last, b, gp, o, grid)
+        scratch[:] = 0
         for tap in range(seg.size):
-            tiles(dyg[t], 0, 1, o, one, w_flat, tap * o * lanes, lanes, 0, o, q, dxs[t], seg[tap] * lanes, lanes,
+            tiles(grid, 0, 1, o, one, w_flat, tap * o * lanes, lanes, 0, o, q, scratch, seg[tap] * lanes, lanes,
                   lanes, True)
-        _planes_to_hwc(dxs[t], sh, sw, ph, z, gp, plane, lanes, dx[b])
+        _planes_to_hwc(scratch, sh, sw, ph, z, gp, plane, lanes, dx[b])
 
 
 # ---------------------------------------------------------------- the routes
@@ -271,7 +274,7 @@ def forward(x, weight, p):
         seg, taps = np.ascontiguousarray(seg[::p.kw]), p.kw
     check_reach(xs[0], 0, 1, p.c, seg, wt, 0, lanes, taps * p.c * lanes, taps * p.c, p.q, yg[0], 0, lanes, lanes)
     y = np.empty((p.n, p.oh, p.ow, p.o), dtype=dtype)
-    _forward(xa, last, wt, seg, taps, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, xs, yg, y)
+    run(_forward, p.n, xa, last, wt, seg, taps, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, xs, yg, y)
     return y.transpose(0, 3, 1, 2)
 
 
@@ -292,7 +295,7 @@ def backward_input(grad_out, weight, p):
         check_reach(dyg[0], 0, 1, p.o, np.zeros(1, np.int64), wt, tap * p.o * lanes, lanes, 0, p.o, p.q, dxs[0],
                     int(p.seg[tap]) * lanes, lanes, lanes)
     dx = np.empty((p.n, p.h, p.w, p.c), dtype=dtype)
-    _backward_input_scatter(dy, last, wt, p.seg, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, dyg, dxs, dx)
+    run(_backward_input_scatter, p.n, dy, last, wt, p.seg, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, dyg, dxs, dx)
     return dx.transpose(0, 3, 1, 2)
 
 
@@ -302,15 +305,14 @@ def backward_weight(grad_out, x, p):
     lanes = _up(p.o, lanes_of(dtype))
     last, xa = channels_last(x)
     dy_last, dy = channels_last(grad_out)
-    from .numba_tile import rows_per_tile
     rows = _up(p.c, rows_per_tile(lanes, lanes_of(dtype))[0])
     xs, dyg = _scratch(p, p.c, dtype), np.zeros((p.threads, p.grid * lanes), dtype=dtype)
-    parts = np.zeros((p.threads, p.kh * p.kw, rows, lanes), dtype=dtype)
+    parts = np.zeros((chunks_for(p.n), p.kh * p.kw, rows, lanes), dtype=dtype)
     one = np.zeros(1, np.int64)
     for tap in range(p.seg.size):
         check_reach(xs[0], int(p.seg[tap]) * p.c, p.c, 1, one, dyg[0], 0, lanes, 0, p.q, p.c, parts[0].reshape(-1),
                     tap * rows * lanes, lanes, lanes)
-    _backward_weight(dy, dy_last, xa, last, p.seg, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, p.c, xs, dyg,
+    run(_backward_weight, p.n, dy, dy_last, xa, last, p.seg, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, p.c, xs, dyg,
                      parts)
     dw = parts.sum(axis=0)[:, :p.c, :p.o].reshape(p.kh, p.kw, p.c, p.o)
     return np.ascontiguousarray(dw.transpose(3, 2, 0, 1))
