@@ -144,6 +144,30 @@ def _convert(args):
     print(f"wrote {count} arrays to {args.target}")
 
 
+def _mirror_list(text):
+    """The value of --mirror: comma-separated base URLs or folders (checked here, a usage error if wrong)."""
+    from .data.download import parse_mirrors
+    try:
+        return parse_mirrors(text, "--mirror")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--mirror: ")) from None
+
+
+def _add_mirror_option(p):
+    """--mirror on a verb that reads data: while it runs, its mirrors replace $MINIRES_DATA_MIRROR's."""
+    p.add_argument("--mirror", metavar="URLS", type=_mirror_list,
+                   help="data mirrors tried in order before the official hosts, with the same checksum checks: "
+                        "comma-separated base URLs (http, https, file) or folders laid out like the cache "
+                        "(<base>/<dataset>/<file>); replaces $MINIRES_DATA_MIRROR")
+    run = p.get_default("run")
+
+    def run_with_mirrors(args):
+        from .data.download import using_mirrors
+        with using_mirrors(args.mirror):
+            return run(args)
+    p.set_defaults(run=run_with_mirrors)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minires", description="minires: residual networks from scratch",
                                      epilog="Exit status: 0 done, 1 failed, 2 usage error or unusable input. "
@@ -182,12 +206,14 @@ def build_parser():
                         "DDP does")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(check=_check_train, run=_train)
+    _add_mirror_option(p)
 
     p = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint or run folder")
     p.add_argument("checkpoint")
     p.add_argument("--data", help="evaluate on another dataset with the same channels and classes")
     p.add_argument("--data-root")
     p.set_defaults(check=_check_eval, run=_eval)
+    _add_mirror_option(p)
 
     p = sub.add_parser("experiment", help="run a paper's experiment: `minires experiment degradation` "
                                           "(under `mpiexec -n N` its runs are spread over the ranks)")
@@ -203,6 +229,7 @@ def build_parser():
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(check=_check_experiment, run=_experiment)
+    _add_mirror_option(p)
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes, parameters and multiply-adds")
     p.add_argument("model", help="a model name, e.g. resnet50 or resnet20 (see `minires models`)")

@@ -584,7 +584,8 @@ def test_a_trickling_server_meets_the_overall_deadline(tmp_path, slow_server):
     resource = _resource(slow_server, slow_server.body)
     started = time.monotonic()
     message = refused(lambda: dl.download(resource, tmp_path, progress=False, timeout=5, deadline=0.5), DownloadError,
-                      tmp_path, resource.urls[0], "deadline", "copy file.bin into", "by hand", resource.digest)
+                      tmp_path, resource.urls[0], "deadline", "Copy these files by hand into", "  file.bin ",
+                      resource.digest)
     assert time.monotonic() - started < 3, "each byte came within the read timeout, yet the deadline must hold"
     assert "only" in message and "of 1024 bytes came" in message
 
@@ -614,7 +615,7 @@ def test_a_server_announcing_the_wrong_size_is_refused_before_the_body(server, t
     server.serve(name, files[name] + b"more")
     message = refused(lambda: get_dataset("mnist", train=False), DownloadError, tmp_path,
                       server.url(name), f"announces {len(files[name]) + 4} bytes")
-    assert f"copy {name} into {tmp_path / 'cache' / 'mnist'} by hand" in message
+    assert f"Copy these files by hand into {tmp_path / 'cache' / 'mnist'}, then" in message and name in message
 
 
 def _dead_pid():

@@ -76,6 +76,7 @@ class Server:
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("MINIRES_DATA_MIRROR", raising=False)  # the registry's URLs alone, unless a test sets mirrors
     s = Server(monkeypatch)
     yield s
     s.close()

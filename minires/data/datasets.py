@@ -3,7 +3,9 @@
 ``digits`` ships with scikit-learn and needs no network. ``mnist``,
 ``fashion-mnist`` and ``cifar10`` are read from their original files (IDX and
 CIFAR-10 binary) found in ``root`` or in the cache, and downloaded into the
-cache (``$MINIRES_DATA``, default ``~/.cache/minires``) when missing.
+cache (``$MINIRES_DATA``, default ``~/.cache/minires``) when missing: from the
+mirrors of ``$MINIRES_DATA_MIRROR`` first (each laid out as ``<base>/<dataset>/<file>``,
+like the cache), then from the official hosts below.
 """
 import os
 
@@ -129,7 +131,8 @@ def _locate(key, root, filenames, download_ok):
         raise _missing(key, searched, filenames)
     for f in filenames:
         if not os.path.isfile(os.path.join(home, f)):
-            download(RESOURCES[key][f], home)
+            missing = [RESOURCES[key][g] for g in filenames if not os.path.isfile(os.path.join(home, g))]
+            download(RESOURCES[key][f], home, mirror_path=f"{key}/{f}", needed=missing)
     return home
 
 

@@ -7,11 +7,20 @@ or corrupted file under a valid name. Each try has an overall deadline besides
 the per-read ``timeout``, so a server that trickles bytes cannot hold a download
 forever. Temporary files carry their host and process id, so the ones a crashed
 download left behind are recognised and removed by the next download.
+
+Mirrors (``$MINIRES_DATA_MIRROR`` or ``minires ... --mirror``: base URLs, comma-separated) are
+tried in order before the official hosts, with the same checks. A mirror is laid out like the
+cache, ``<base>/<dataset>/<file>``, so a copy of a filled cache folder is a mirror, served over
+HTTP (``python -m http.server``) or read as a folder (``file://`` or a plain path). When every
+source fails, the error lists each URL and why it failed, then the files to copy by hand and
+the folder to copy them into.
 """
+import contextlib
 import dataclasses
 import hashlib
 import http.client
 import os
+import pathlib
 import re
 import shutil
 import socket
@@ -19,12 +28,14 @@ import stat
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 CHUNK = 1 << 16
 MIN_RATE = 16 * 1024  # bytes per second: the default deadline allows a file this slow a download, no slower
 GRACE = 120           # seconds the default deadline adds for connecting and a slow start
 STALE_AGE = 24 * 3600  # seconds after which a temporary file is stale whoever made it: no download lasts a day
+MIRROR_ENV = "MINIRES_DATA_MIRROR"  # comma-separated base URLs tried before the official hosts
 
 
 class DownloadError(OSError):
@@ -76,6 +87,69 @@ def verify(path, resource):
 def default_deadline(size):
     """Seconds a download of ``size`` bytes may take in all: ``GRACE`` plus its time at ``MIN_RATE``, or an hour."""
     return GRACE + (3600 if size is None else size / MIN_RATE)
+
+
+def parse_mirrors(text, where=MIRROR_ENV):
+    """The base URLs in ``text`` (comma-separated, or a list), in order; a folder becomes a file:// URL.
+
+    Raises ValueError naming ``where`` for an entry that is neither an http://, https:// or
+    file:// URL nor a folder path.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text or ())
+    bases = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        scheme = urllib.parse.urlsplit(item).scheme.lower()
+        if scheme in ("http", "https", "file"):
+            base = item
+        elif "://" in item:
+            raise ValueError(f"{where}: {item!r} is not a mirror minires can read: give http://, https:// or "
+                             "file:// base URLs, or folders, separated by commas")
+        else:  # a folder on this machine (a mounted drive, a copied cache)
+            base = pathlib.Path(os.path.abspath(os.path.expanduser(item))).as_uri()
+        base = base.rstrip("/")
+        if base not in bases:
+            bases.append(base)
+    return tuple(bases)
+
+
+def mirrors():
+    """The mirrors of ``$MINIRES_DATA_MIRROR``, in the order they are tried (none when it is unset)."""
+    return parse_mirrors(os.environ.get(MIRROR_ENV, ""))
+
+
+@contextlib.contextmanager
+def using_mirrors(value):
+    """Within the block, ``value``'s mirrors replace ``$MINIRES_DATA_MIRROR``'s (None: leave them as they are).
+
+    The variable itself is set, so processes started inside see the same mirrors; it is
+    restored on leaving. ``value`` is checked first (a ValueError, before anything changes).
+    """
+    if value is None:
+        yield mirrors()
+        return
+    bases = parse_mirrors(value, "--mirror")
+    before = os.environ.get(MIRROR_ENV)
+    os.environ[MIRROR_ENV] = ",".join(bases)
+    try:
+        yield bases
+    finally:
+        if before is None:
+            os.environ.pop(MIRROR_ENV, None)
+        else:
+            os.environ[MIRROR_ENV] = before
+
+
+def sources(resource, mirror_path=None, bases=None):
+    """The URLs to try for ``resource``, in order: each mirror's ``<base>/<mirror_path>``, then its own URLs.
+
+    ``mirror_path`` is the file's place in a mirror (default its file name; the datasets use
+    ``<dataset>/<file>``, the cache's layout); ``bases`` default to ``mirrors()``.
+    """
+    path = (mirror_path or resource.filename).lstrip("/")
+    urls = [f"{base}/{path}" for base in (mirrors() if bases is None else bases)] + list(resource.urls)
+    return list(dict.fromkeys(urls))
 
 
 def _fetch(url, tmp, resource, progress, timeout, deadline):
@@ -179,22 +253,47 @@ def _makedirs(folder):
     return missing[::-1]
 
 
-def download(resource, folder, progress=True, timeout=60, deadline=None):
-    """Fetch ``resource`` into ``folder`` (trying each mirror), verify it, and return its path.
+def _reason(exc):
+    """Why a try failed, in the words of the error: the HTTP status, the refused connection, the timeout."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return str(exc)
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return "timed out (no answer)"
+    return str(reason) or type(reason).__name__
 
-    ``timeout`` bounds each wait for the server, ``deadline`` each mirror's try
-    in all (default: ``default_deadline`` of the file's size). Nothing is left
-    behind on failure: the temporary file is deleted, and so are the folders
-    this call created while they are still empty. Temporary files that crashed
-    downloads of this file left in ``folder`` are deleted first.
+
+def copy_by_hand(needed, folder):
+    """The closing lines of a failed download: the exact files to copy into ``folder``, and where to get them."""
+    width = max(len(r.filename) for r in needed)
+    where = os.path.basename(os.path.normpath(folder))
+    lines = [f"  {r.filename.ljust(width)}  {r.algorithm} {r.digest}" + ("" if r.size is None else f", {r.size} bytes")
+             + f"  {r.urls[0]}" for r in needed]
+    return (f"Copy these files by hand into {folder}, then run the command again. Get them from a machine that "
+            f"has them (in its cache: ~/.cache/minires/{where}, or $MINIRES_DATA/{where}) or from the official URL "
+            "on each line:\n" + "\n".join(lines)
+            + f"\nOr set {MIRROR_ENV} (or --mirror) to a mirror, such as a copy of a filled cache folder.")
+
+
+def download(resource, folder, progress=True, timeout=60, deadline=None, mirror_path=None, needed=None):
+    """Fetch ``resource`` into ``folder`` (each mirror first, then its own URLs), verify it, and return its path.
+
+    ``mirror_path`` is the file's place under a mirror's base URL (see ``sources``);
+    ``needed``, the files the user has to copy by hand if this one cannot be had (default:
+    this one; a dataset names all its missing files). ``timeout`` bounds each wait for the
+    server, ``deadline`` each try in all (default: ``default_deadline`` of the file's size).
+    Nothing is left behind on failure: a failed try's temporary file is deleted before the
+    next source is tried, and so are the folders this call created while they are still
+    empty. Temporary files that crashed downloads of this file left in ``folder`` are deleted first.
     """
+    urls = sources(resource, mirror_path)  # a bad $MINIRES_DATA_MIRROR fails here, before any folder is made
     dest = os.path.join(folder, resource.filename)
     created = _makedirs(folder)
     prefix = f".{resource.filename}."
     remove_stale(folder, prefix, ".part")
     failures = []
     try:
-        for url in resource.urls:
+        for url in urls:
             fd, tmp_path = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}.", suffix=".part", dir=folder)
             try:
                 with os.fdopen(fd, "wb") as tmp:
@@ -207,8 +306,7 @@ def download(resource, folder, progress=True, timeout=60, deadline=None):
             except DownloadError as exc:
                 failures.append(str(exc))
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-                reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
-                failures.append(f"{url}: {reason}")
+                failures.append(f"{url}: {_reason(exc)}")
             finally:
                 if os.path.exists(tmp_path):
                     os.remove(tmp_path)
@@ -216,7 +314,6 @@ def download(resource, folder, progress=True, timeout=60, deadline=None):
         for path in reversed(created):  # innermost first; a folder that has gained files stays
             if os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
-    raise DownloadError(f"could not download {resource.filename} (nothing was saved to {folder}):\n  "
-                        + "\n  ".join(failures)
-                        + f"\nWithout a network, copy {resource.filename} into {folder} by hand; get it from "
-                        f"{' or '.join(resource.urls)} (its {resource.algorithm} is {resource.digest}).")
+    raise DownloadError(f"could not download {resource.filename} (nothing was saved to {folder}). "
+                        f"Tried {len(urls)} URL{'s' if len(urls) > 1 else ''}, in order:\n  "
+                        + "\n  ".join(failures) + "\n" + copy_by_hand(needed or [resource], folder))
