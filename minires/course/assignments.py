@@ -133,7 +133,8 @@ ASSIGNMENTS = (
                    Exercise("bn.backward", "kernels/numpy_ref.py", "batch_norm_backward_input", 3,
                             "the input gradient with batch statistics",
                             _BACKENDS + (_cuda("batch_norm_backward_input", "_bn_backward_dx_kernel"), _BN_DOC,
-                                         AnswerText("tutorials/01_residual_learning.ipynb"))),
+                                         AnswerText("tutorials/01_residual_learning.ipynb"),
+                                         AnswerText("tutorials/zh-CN/01_residual_learning.ipynb"))),
                )),
     Assignment(4, "residual", "Residual blocks", "tutorials/assignments/04_residual.md",
                "tests/exercises/test_a4_residual.py", (
@@ -142,6 +143,7 @@ ASSIGNMENTS = (
                             _BACKENDS + (_cuda("residual_add_backward", "_relu_mask_kernel"),
                                          CutDocstring("minires/residual.py", "ResidualAddFunction"), _RESIDUAL_DOC,
                                          AnswerText("README.md"), AnswerText("tutorials/01_residual_learning.ipynb"),
+                                         AnswerText("tutorials/zh-CN/01_residual_learning.ipynb"),
                                          AnswerText("tutorials/07_kernels.ipynb"),
                                          AnswerText("tutorials/residual_block_demo.py"))),
                    Exercise("residual.pad_forward", "minires/residual.py", "PadChannelsFunction.forward", 2,
