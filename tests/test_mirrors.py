@@ -241,10 +241,11 @@ def _check_the_message(message, files, bases, server, folder):
     assert "Connection refused" in tried[0] and "HTTP Error 404: Not Found" in tried[1]
     assert "Connection refused" in tried[2]
     assert lines[4].startswith(f"Copy these files by hand into {folder}, then run the command again.")
-    for line, f in zip(lines[5:7], MNIST_TRAIN):  # the exact files of the split, with their checks
+    # the exact files, with their checks: this split's, then the test split's (minires train reads both)
+    assert len(lines) == 10 and "MINIRES_DATA_MIRROR" in lines[9]
+    for line, f in zip(lines[5:9], MNIST_TRAIN + TEST_FILES):
         assert line.split() == [f, "md5", hashlib.md5(files[f]).hexdigest() + ",", str(len(files[f])), "bytes",
                                 datasets.RESOURCES["mnist"][f].urls[0]]
-    assert "MINIRES_DATA_MIRROR" in lines[7] and len(lines) == 8
 
 
 def test_all_sources_dead_one_message_lists_every_url_and_the_files_to_copy(server, mirrors, tmp_path, monkeypatch):

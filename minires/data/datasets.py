@@ -131,7 +131,10 @@ def _locate(key, root, filenames, download_ok):
         raise _missing(key, searched, filenames)
     for f in filenames:
         if not os.path.isfile(os.path.join(home, f)):
-            missing = [RESOURCES[key][g] for g in filenames if not os.path.isfile(os.path.join(home, g))]
+            # if this fails, the message lists every file of the dataset still missing (this split's first):
+            # minires train reads both splits, and copying by hand should take one trip
+            names = list(filenames) + [g for g in RESOURCES[key] if g not in filenames]
+            missing = [RESOURCES[key][g] for g in names if not os.path.isfile(os.path.join(home, g))]
             download(RESOURCES[key][f], home, mirror_path=f"{key}/{f}", needed=missing)
     return home
 
