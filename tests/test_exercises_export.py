@@ -34,7 +34,8 @@ from minires.course.tree import source_files
 
 ROOT = Path(__file__).resolve().parent.parent
 CONV = get_assignment(2)
-TEST_TIMEOUT = 3  # seconds per test in the exported autograder: the longest conv test takes under half a second
+TEST_TIMEOUT = 10  # seconds per test: the longest conv test takes under half a second, but the first one to
+#                   import PyTorch took over 3 s on a loaded CI machine
 
 if course.handed_out():
     pytest.skip("a student copy: exports are made from the reference", allow_module_level=True)

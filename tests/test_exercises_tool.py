@@ -356,11 +356,12 @@ def test_one_endless_test_costs_its_own_weight_only(copies, tmp_path):
         "import pytest\n\n\n"
         "@pytest.mark.conv\n@pytest.mark.exercise('conv.col2im', weight=2)\n"
         "def test_forever():\n    while True:\n        pass\n")
-    report = course.grade(copy, json_path=tmp_path / "g.json", log=quiet, test_timeout=2)
+    # 10 s: the first test to import PyTorch took over 3 s on a loaded machine, and must not be cut short
+    report = course.grade(copy, json_path=tmp_path / "g.json", log=quiet, test_timeout=10)
     col2im = by_id(report)["conv.col2im"]
     endless = [t for t in col2im["tests"] if t["test"].endswith("test_forever")]
     assert len(endless) == 1 and endless[0]["outcome"] == "failed"
-    assert "longer than the grader's limit of 2 s per test" in endless[0]["message"]
+    assert "longer than the grader's limit of 10 s per test" in endless[0]["message"]
     weights = [t["weight"] for t in col2im["tests"]]
     assert col2im["points"] == round(2 * (sum(weights) - 2) / sum(weights), 2) and col2im["points"] > 0
     others = [e for e in report["exercises"] if e["id"] != "conv.col2im"]
