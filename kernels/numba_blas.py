@@ -78,6 +78,7 @@ def gemm(blas, a, b, c, accumulate):
     """c = a @ b, or c += a @ b when ``accumulate``; blas = (address of NumPy's cblas gemm or 0, ilp64)."""
     address, ilp64 = blas
     if address == 0:
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)  # np.dot's own gemm wants contiguous operands
         if accumulate:
             c += np.dot(a, b)
         else:

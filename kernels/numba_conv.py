@@ -23,8 +23,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import _index
+from . import _index, numba_nhwc
 from .numba_blas import CBLAS, blas_threads, gemm
+from .numba_copies import _add_into, _copy, _copy_rows, _empty, _from_hwc, _layout, _nchw, _to_hwc, _transpose
+from .numba_threads import run
 
 
 def _c(a):
@@ -87,57 +89,6 @@ def geometry(x_shape, weight_shape, stride, padding):
                     (threads, hp, wp, c), (threads, oh * wp, o))
 
 
-# ---------------------------------------------------------------- copies the routes share
-#
-# Inner loops index with the loop counter itself (over 1-D views), never with
-# a computed offset: Numba then knows the index is not negative, drops its
-# wraparound check, and LLVM vectorises the copy (7x faster, measured).
-
-@njit(cache=True)
-def _copy(dst, src):
-    """dst[:] = src for 1-D arrays (a loop Numba vectorises)."""
-    for q in range(dst.size):
-        dst[q] = src[q]
-
-
-@njit(cache=True)
-def _add_into(dst, src):
-    """dst += src for 1-D arrays."""
-    for q in range(dst.size):
-        dst[q] += src[q]
-
-
-@njit(cache=True)
-def _transpose(a, out):
-    """out = a.T for a 2-D a, eight rows of a at a time (about twice as fast as element by element)."""
-    m, n = a.shape
-    m8 = m - m % 8
-    for i0 in range(0, m8, 8):
-        for j in range(n):
-            dst, src = out[j, i0:i0 + 8], a[i0:i0 + 8, j]
-            for q in range(8):
-                dst[q] = src[q]
-    for i in range(m8, m):
-        for j in range(n):
-            out[j, i] = a[i, j]
-
-
-@njit(cache=True)
-def _to_hwc(x, ph, pw, xp):
-    """xp[ph + iy, pw + ix, c] = x[c, iy, ix]: one CHW sample into the interior of an HWC scratch image."""
-    h, w = x.shape[1], x.shape[2]
-    for iy in range(h):
-        _transpose(x[:, iy, :], xp[ph + iy, pw:pw + w])
-
-
-@njit(cache=True)
-def _from_hwc(xp, ph, pw, x):
-    """x[c, iy, ix] = xp[ph + iy, pw + ix, c]: the interior of an HWC scratch image back into a CHW sample."""
-    h, w = x.shape[1], x.shape[2]
-    for iy in range(h):
-        _transpose(xp[ph + iy, pw:pw + w], x[:, iy, :])
-
-
 # ---------------------------------------------------------------- unfolded rows
 #
 #   1. copy the sample into a zero-bordered scratch image in HWC order
@@ -183,39 +134,47 @@ def _unrows(rows, kh, kw, sh, sw, oh, ow, xp):
 
 
 @njit(parallel=True, cache=True)
-def _rows_forward(blas, x, wt, kh, kw, sh, sw, ph, pw, xp, rows, yt, y):
-    """y[n] = (rows(x[n]) @ W^T)^T, sample by sample; thread t works in its scratch xp[t], rows[t], yt[t]."""
-    for b in prange(x.shape[0]):
+def _rows_forward(blas, x, last, wt, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, yt, y):
+    """y[n] = rows(x[n]) @ W^T (into NHWC y as it lies, else transposed), sample by sample, in thread t's scratch."""
+    o = wt.shape[1]
+    for b in prange(y.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, pw, xp[t])
-        _rows(xp[t], kh, kw, sh, sw, y.shape[2], y.shape[3], rows[t])
-        gemm(blas, rows[t], wt, yt[t], False)  # (P, K) @ (K, O)
-        _transpose(yt[t], y[b].reshape(y.shape[1], -1))
+        _to_hwc(x, last, b, ph, pw, xp[t])
+        _rows(xp[t], kh, kw, sh, sw, oh, ow, rows[t])
+        if last:
+            gemm(blas, rows[t], wt, y[b].reshape(-1, o), False)  # (P, K) @ (K, O)
+        else:
+            gemm(blas, rows[t], wt, yt[t], False)
+            _transpose(yt[t], y[b].reshape(o, -1))
 
 
 @njit(parallel=True, cache=True)
-def _rows_backward_input(blas, dy, w2, kh, kw, sh, sw, ph, pw, dxp, drows, dx):
+def _rows_backward_input(blas, dy, last, w2, kh, kw, sh, sw, ph, pw, oh, ow, dxp, drows, dx):
     """dx[n] = unrows(dy[n]^T @ W), sample by sample; thread t works in its scratch drows[t] and dxp[t]."""
-    o, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
     for b in prange(dx.shape[0]):
         t = numba.get_thread_id()
-        gemm(blas, dy[b].reshape(o, oh * ow).T, w2, drows[t], False)  # (P, O) @ (O, K)
+        if last:  # dy[n] as its (P, O) pixel-major matrix
+            gemm(blas, dy[b].reshape(-1, w2.shape[0]), w2, drows[t], False)  # (P, O) @ (O, K)
+        else:
+            gemm(blas, dy[b].reshape(w2.shape[0], -1).T, w2, drows[t], False)
         _unrows(drows[t], kh, kw, sh, sw, oh, ow, dxp[t])
-        _from_hwc(dxp[t], ph, pw, dx[b])
+        _from_hwc(dxp[t], ph, pw, last, dx, b)
 
 
 @njit(parallel=True, cache=True)
-def _rows_backward_weight(blas, dy, x, kh, kw, sh, sw, ph, pw, xp, rows, parts):
+def _rows_backward_weight(blas, dy, dy_last, x, last, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, parts):
     """parts[t] = the sum over thread t's samples of dy[n] (O, P) @ rows(x[n]) (P, K); dW = the sum of the parts.
 
     Each thread adds into its own partial sum, so no two threads write the same dW.
     """
-    o, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
     for b in prange(x.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, pw, xp[t])
+        _to_hwc(x, last, b, ph, pw, xp[t])
         _rows(xp[t], kh, kw, sh, sw, oh, ow, rows[t])
-        gemm(blas, dy[b].reshape(o, oh * ow), rows[t], parts[t], True)  # += (O, P) @ (P, K)
+        if dy_last:
+            gemm(blas, dy[b].reshape(-1, parts.shape[1]).T, rows[t], parts[t], True)  # += (O, P) @ (P, K)
+        else:
+            gemm(blas, dy[b].reshape(parts.shape[1], -1), rows[t], parts[t], True)
 
 
 def rows_forward(x, weight, g):
@@ -224,10 +183,11 @@ def rows_forward(x, weight, g):
     rows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=x.dtype)
     yt = np.empty((g.threads, g.oh * g.ow, g.o), dtype=x.dtype)
     wt = _c(weight.transpose(2, 3, 1, 0).reshape(g.k, g.o))  # (kh, kw, C, O): the rows' order
-    y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
+    last, xa = _layout(x)
+    y = _empty(last, g.n, g.o, g.oh, g.ow, x.dtype)
     with blas_threads(1):
-        _rows_forward(CBLAS[x.dtype], _c(x), wt, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, xp, rows, yt, y)
-    return y
+        _rows_forward(CBLAS[x.dtype], xa, last, wt, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, xp, rows, yt, y)
+    return _nchw(y, last)
 
 
 def rows_backward_input(grad_out, weight, g):
@@ -236,10 +196,12 @@ def rows_backward_input(grad_out, weight, g):
     dxp = np.empty(g.padded, dtype=dtype)
     drows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=dtype)
     w2 = _c(weight.transpose(0, 2, 3, 1).reshape(g.o, g.k))  # (O, kh, kw, C)
-    dx = np.empty((g.n, g.c, g.h, g.w), dtype=dtype)
+    last, dy = _layout(grad_out)
+    dx = _empty(last, g.n, g.c, g.h, g.w, dtype)
     with blas_threads(1):
-        _rows_backward_input(CBLAS[dtype], _c(grad_out), w2, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, dxp, drows, dx)
-    return dx
+        _rows_backward_input(CBLAS[dtype], dy, last, w2, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, dxp, drows,
+                             dx)
+    return _nchw(dx, last)
 
 
 def rows_backward_weight(grad_out, x, g):
@@ -248,9 +210,10 @@ def rows_backward_weight(grad_out, x, g):
     xp = np.zeros(g.padded, dtype=x.dtype)
     rows = np.empty((g.threads, g.oh * g.ow, g.k), dtype=x.dtype)
     parts = np.zeros((g.threads, g.o, g.k), dtype=dtype)
+    (dy_last, dy), (last, xa) = _layout(grad_out), _layout(x)
     with blas_threads(1):
-        _rows_backward_weight(CBLAS[dtype], _c(grad_out), _c(x), g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, xp, rows,
-                              parts)
+        _rows_backward_weight(CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, xp,
+                              rows, parts)
     return _c(parts.sum(axis=0).reshape(g.o, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))  # back from (O, kh, kw, C)
 
 
@@ -281,54 +244,56 @@ def _shifted(xp, start, rows):
 
 
 @njit(cache=True)
-def _on_grid(dy, wp, dyg):
-    """dyg[oy*Wp + ox, o] = dy[o, oy, ox]: one sample's (O, OH, OW) gradient on the grid (the rest stays 0)."""
-    oh, ow = dy.shape[1], dy.shape[2]
+def _on_grid(dy, last, b, oh, ow, wp, dyg):
+    """dyg[oy*Wp + ox] = sample b of dy at (oy, ox) (NHWC when ``last``, else NCHW); the rest stays 0."""
     for oy in range(oh):
-        _transpose(dy[:, oy, :], dyg[oy * wp:oy * wp + ow])
+        if last:
+            _copy_rows(dyg[oy * wp:oy * wp + ow], dy[b, oy])
+        else:
+            _transpose(dy[b, :, oy, :], dyg[oy * wp:oy * wp + ow])
 
 
 @njit(parallel=True, cache=True)
-def _shifted_forward(blas, x, wtaps, kh, kw, ph, pw, z, xp, yg, y):
+def _shifted_forward(blas, x, last, wtaps, kh, kw, ph, pw, z, oh, ow, xp, yg, y):
     """y[n] = the sum over taps (i, j) of shifted(x[n]) (OH*Wp, C) @ W[:, :, i, j]^T (C, O), on the grid."""
-    oh, ow = y.shape[2], y.shape[3]
     wp = xp.shape[2]
-    for b in prange(x.shape[0]):
+    for b in prange(y.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, z, xp[t])
+        _to_hwc(x, last, b, ph, z, xp[t])
         for i in range(kh):
             for j in range(kw):
                 tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
                 gemm(blas, tap, wtaps[i * kw + j], yg[t], i + j > 0)
         for oy in range(oh):
-            _transpose(yg[t, oy * wp:oy * wp + ow], y[b, :, oy, :])
+            if last:
+                _copy_rows(y[b, oy], yg[t, oy * wp:oy * wp + ow])
+            else:
+                _transpose(yg[t, oy * wp:oy * wp + ow], y[b, :, oy, :])
 
 
 @njit(parallel=True, cache=True)
-def _shifted_backward_input(blas, dy, wtaps, kh, kw, ph, pw, z, dyg, dxp, dx):
+def _shifted_backward_input(blas, dy, last, wtaps, kh, kw, ph, pw, z, oh, ow, dyg, dxp, dx):
     """dxp = 0, then shifted(dxp) += dy[n] on the grid (OH*Wp, O) @ W[:, :, i, j] (O, C) for every tap (i, j)."""
-    oh = dy.shape[2]
     wp = dxp.shape[2]
     for b in prange(dx.shape[0]):
         t = numba.get_thread_id()
-        _on_grid(dy[b], wp, dyg[t])
+        _on_grid(dy, last, b, oh, ow, wp, dyg[t])
         dxp[t] = 0
         for i in range(kh):
             for j in range(kw):
                 tap = _shifted(dxp[t], i * wp + j + z - pw, oh * wp)
                 gemm(blas, dyg[t], wtaps[i * kw + j], tap, True)
-        _from_hwc(dxp[t], ph, z, dx[b])
+        _from_hwc(dxp[t], ph, z, last, dx, b)
 
 
 @njit(parallel=True, cache=True)
-def _shifted_backward_weight(blas, dy, x, kh, kw, ph, pw, z, xp, dyg, parts):
+def _shifted_backward_weight(blas, dy, dy_last, x, last, kh, kw, ph, pw, z, oh, ow, xp, dyg, parts):
     """parts[t, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n]) (OH*Wp, C), over thread t's samples."""
-    oh = dy.shape[2]
     wp = xp.shape[2]
     for b in prange(x.shape[0]):
         t = numba.get_thread_id()
-        _to_hwc(x[b], ph, z, xp[t])
-        _on_grid(dy[b], wp, dyg[t])
+        _to_hwc(x, last, b, ph, z, xp[t])
+        _on_grid(dy, dy_last, b, oh, ow, wp, dyg[t])
         for i in range(kh):
             for j in range(kw):
                 tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
@@ -340,10 +305,11 @@ def shifted_forward(x, weight, g):
     xp = np.zeros(g.padded, dtype=x.dtype)
     yg = np.empty(g.grid, dtype=x.dtype)
     wtaps = _c(weight.transpose(2, 3, 1, 0).reshape(g.kh * g.kw, g.c, g.o))  # (kh, kw, C, O)
-    y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
+    last, xa = _layout(x)
+    y = _empty(last, g.n, g.o, g.oh, g.ow, x.dtype)
     with blas_threads(1):
-        _shifted_forward(CBLAS[x.dtype], _c(x), wtaps, g.kh, g.kw, g.ph, g.pw, g.z, xp, yg, y)
-    return y
+        _shifted_forward(CBLAS[x.dtype], xa, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, xp, yg, y)
+    return _nchw(y, last)
 
 
 def shifted_backward_input(grad_out, weight, g):
@@ -352,10 +318,11 @@ def shifted_backward_input(grad_out, weight, g):
     dyg = np.zeros(g.grid, dtype=dtype)
     dxp = np.empty(g.padded, dtype=dtype)
     wtaps = _c(weight.transpose(2, 3, 0, 1).reshape(g.kh * g.kw, g.o, g.c))  # (kh, kw, O, C)
-    dx = np.empty((g.n, g.c, g.h, g.w), dtype=dtype)
+    last, dy = _layout(grad_out)
+    dx = _empty(last, g.n, g.c, g.h, g.w, dtype)
     with blas_threads(1):
-        _shifted_backward_input(CBLAS[dtype], _c(grad_out), wtaps, g.kh, g.kw, g.ph, g.pw, g.z, dyg, dxp, dx)
-    return dx
+        _shifted_backward_input(CBLAS[dtype], dy, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, dyg, dxp, dx)
+    return _nchw(dx, last)
 
 
 def shifted_backward_weight(grad_out, x, g):
@@ -364,9 +331,100 @@ def shifted_backward_weight(grad_out, x, g):
     xp = np.zeros(g.padded, dtype=x.dtype)
     dyg = np.zeros(g.grid, dtype=dtype)
     parts = np.zeros((g.threads, g.kh * g.kw, g.o, g.c), dtype=dtype)
+    (dy_last, dy), (last, xa) = _layout(grad_out), _layout(x)
     with blas_threads(1):
-        _shifted_backward_weight(CBLAS[dtype], _c(grad_out), _c(x), g.kh, g.kw, g.ph, g.pw, g.z, xp, dyg, parts)
+        _shifted_backward_weight(CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, xp,
+                                 dyg, parts)
     return _c(parts.sum(axis=0).reshape(g.kh, g.kw, g.o, g.c).transpose(2, 3, 0, 1))  # back from (kh, kw, O, C)
+
+
+# ---------------------------------------------------------------- 1x1 without padding on channels-last images
+#
+# In NHWC memory a 1x1 convolution of stride s is one GEMM on the whole
+# batch: the (N*OH*OW, C) pixels (every s-th, copied when s > 1) @ W^T, and
+# the result is already channels-last. The kernel threads share it out in
+# blocks of rows (of dW: of output channels, so no partial sums), each a
+# single-threaded GEMM: BLAS's own threads spin after a product, and took a
+# core from the next kernel (2.5x slower, measured).
+
+def _every(a, g):
+    """The NHWC array of a channels-last x at the pixels a 1x1 of stride (sh, sw) reads."""
+    return a.transpose(0, 2, 3, 1)[:, ::g.sh, ::g.sw, :]
+
+
+@njit(nogil=True, cache=True)
+def _gemm_rows(chunk, lo, hi, worker, blas, a, b, c):
+    """c[lo:hi] = a[lo:hi] @ b."""
+    gemm(blas, a[lo:hi], b, c[lo:hi], False)
+
+
+@njit(nogil=True, cache=True)
+def _gemm_columns(chunk, lo, hi, worker, blas, a, b, c):
+    """c[lo:hi] = a[:, lo:hi]^T @ b."""
+    gemm(blas, a[:, lo:hi].T, b, c[lo:hi], False)
+
+
+def nhwc_1x1_forward(x, weight, g):
+    """y (channels-last) = the pixels (N*OH*OW, C) @ W^T (C, O)."""
+    y = np.empty((g.n, g.oh, g.ow, g.o), dtype=x.dtype)
+    pixels = _c(_every(x, g)).reshape(-1, g.c)
+    with blas_threads(1):
+        run(_gemm_rows, pixels.shape[0], CBLAS[x.dtype], pixels, _c(weight.reshape(g.o, g.c).T), y.reshape(-1, g.o))
+    return y.transpose(0, 3, 1, 2)
+
+
+def nhwc_1x1_backward_input(grad_out, weight, g):
+    """dx (channels-last) = dy's pixels (N*OH*OW, O) @ W (O, C), put back at every s-th pixel (0 elsewhere)."""
+    dy = numba_nhwc.rows(grad_out)
+    d = np.empty((dy.shape[0], g.c), dtype=grad_out.dtype)
+    with blas_threads(1):
+        run(_gemm_rows, dy.shape[0], CBLAS[d.dtype], dy, _c(weight.reshape(g.o, g.c)), d)
+    if g.sh == g.sw == 1:
+        return d.reshape(g.n, g.h, g.w, g.c).transpose(0, 3, 1, 2)
+    dx = np.zeros((g.n, g.h, g.w, g.c), dtype=grad_out.dtype)
+    dx[:, ::g.sh, ::g.sw, :] = d.reshape(g.n, g.oh, g.ow, g.c)
+    return dx.transpose(0, 3, 1, 2)
+
+
+def nhwc_1x1_backward_weight(grad_out, x, g):
+    """dW = dy's pixels^T (O, N*OH*OW) @ x's (N*OH*OW, C), a block of output channels a chunk."""
+    dy, dw = numba_nhwc.rows(grad_out), np.empty((g.o, g.c), dtype=grad_out.dtype)
+    with blas_threads(1):
+        run(_gemm_columns, g.o, CBLAS[dw.dtype], dy, _c(_every(x, g)).reshape(-1, g.c), dw)
+    return dw.reshape(g.o, g.c, 1, 1)
+
+
+# ---------------------------------------------------------------- the routes, chosen by shape and layout
+
+def _nhwc_1x1(g, *arrays):
+    return g.kh == g.kw == 1 and g.ph == g.pw == 0 and any(numba_nhwc.is_channels_last(a) for a in arrays)
+
+
+def forward(x, weight, g):
+    """y = W * x by the route of ``g`` (channels-last in, channels-last out)."""
+    if _nhwc_1x1(g, x):
+        return nhwc_1x1_forward(x, weight, g)
+    if g.pointwise:
+        return pointwise_forward(x, weight, g)
+    return (shifted_forward if g.shifted else rows_forward)(x, weight, g)
+
+
+def backward_input(grad_out, weight, g):
+    """dx by the route of ``g``."""
+    if _nhwc_1x1(g, grad_out):
+        return nhwc_1x1_backward_input(grad_out, weight, g)
+    if g.pointwise:
+        return pointwise_backward_input(grad_out, weight, g)
+    return (shifted_backward_input if g.shifted else rows_backward_input)(grad_out, weight, g)
+
+
+def backward_weight(grad_out, x, g):
+    """dW by the route of ``g``."""
+    if _nhwc_1x1(g, grad_out, x):
+        return nhwc_1x1_backward_weight(grad_out, x, g)
+    if g.pointwise:
+        return pointwise_backward_weight(grad_out, x, g)
+    return (shifted_backward_weight if g.shifted else rows_backward_weight)(grad_out, x, g)
 
 
 # ---------------------------------------------------------------- 1x1, stride 1, no padding: pointwise

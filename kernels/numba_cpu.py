@@ -172,12 +172,7 @@ def conv2d_forward(x, weight, stride, padding):
     """y = W * x, sample by sample: direct tiles, pointwise GEMMs, shifted windows or unfolded rows."""
     if numba_direct.serves(x.shape, weight.shape, stride, padding):
         return numba_direct.forward(x, weight, numba_direct.plan(x.shape, weight.shape, stride, padding))
-    g = numba_conv.geometry(x.shape, weight.shape, stride, padding)
-    if g.pointwise:
-        return numba_conv.pointwise_forward(x, weight, g)
-    if g.shifted:
-        return numba_conv.shifted_forward(x, weight, g)
-    return numba_conv.rows_forward(x, weight, g)
+    return numba_conv.forward(x, weight, numba_conv.geometry(x.shape, weight.shape, stride, padding))
 
 
 @_compiled_dtypes
@@ -185,12 +180,7 @@ def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
     """dx = the adjoint of the forward's unfolding applied to dy^T @ W, sample by sample, by the same route."""
     if numba_direct.serves(x_shape, weight.shape, stride, padding):
         return numba_direct.backward_input(grad_out, weight, numba_direct.plan(x_shape, weight.shape, stride, padding))
-    g = numba_conv.geometry(x_shape, weight.shape, stride, padding)
-    if g.pointwise:
-        return numba_conv.pointwise_backward_input(grad_out, weight, g)
-    if g.shifted:
-        return numba_conv.shifted_backward_input(grad_out, weight, g)
-    return numba_conv.rows_backward_input(grad_out, weight, g)
+    return numba_conv.backward_input(grad_out, weight, numba_conv.geometry(x_shape, weight.shape, stride, padding))
 
 
 @_compiled_dtypes
@@ -198,12 +188,7 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
     """dW = the sum over samples of dy[n] @ unfolded x[n], by the forward's route; nothing is kept from forward."""
     if numba_direct.serves(x.shape, weight_shape, stride, padding):
         return numba_direct.backward_weight(grad_out, x, numba_direct.plan(x.shape, weight_shape, stride, padding))
-    g = numba_conv.geometry(x.shape, weight_shape, stride, padding)
-    if g.pointwise:
-        return numba_conv.pointwise_backward_weight(grad_out, x, g)
-    if g.shifted:
-        return numba_conv.shifted_backward_weight(grad_out, x, g)
-    return numba_conv.rows_backward_weight(grad_out, x, g)
+    return numba_conv.backward_weight(grad_out, x, numba_conv.geometry(x.shape, weight_shape, stride, padding))
 
 
 # ---------------------------------------------------------------- residual add
@@ -402,6 +387,7 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
 
 
 @_compiled_dtypes
+@_channels_last_by(0)
 def max_pool2d_forward(x, kernel, stride, padding):
     """Returns (y, argmax) where argmax in [0, kh*kw) is the winning tap of each window."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -431,6 +417,7 @@ def _max_pool_backward(grad_out, argmax, kh, kw, sh, sw, ph, pw, dx):
 
 
 @_compiled_dtypes
+@_channels_last_by(1)
 def max_pool2d_backward(grad_out, argmax, x_shape, kernel, stride, padding):
     """Route each output gradient to the input pixel that won its window."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding

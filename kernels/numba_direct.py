@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from . import _index
-from .numba_conv import _transpose
+from .numba_copies import _transpose
 from .numba_threads import chunks_for, run
 from .numba_tile import MAX_ROWS, check_reach, lanes_of, rows_per_tile, tiles
 

@@ -161,3 +161,73 @@ def residual_add_backward(grad_out, y, relu):
     g = empty_like(y)
     run(_mask, y.size, rows(grad_out).reshape(-1), rows(y).reshape(-1), rows(g).reshape(-1))
     return g, g
+
+
+# ---------------------------------------------------------------- max pooling
+#
+# One output pixel's window compared a channel vector at a time; the taps in
+# order with a strict >, so the first maximum wins, as in the reference.
+
+@njit(nogil=True, cache=True)
+def _max_pool(chunk, first, stop, worker, x, kh, kw, sh, sw, ph, pw, y, argmax):
+    """y[n, oy, ox, c] = the window's largest x, argmax = its tap i*kw + j, for the samples [first, stop)."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = y.shape[1], y.shape[2]
+    for b in range(first, stop):
+        for oy in range(oh):
+            for ox in range(ow):
+                best, tap = y[b, oy, ox], argmax[b, oy, ox]
+                for ch in range(c):
+                    best[ch] = -np.inf  # the padding: it never wins
+                    tap[ch] = 0
+                for i in range(kh):
+                    iy = oy * sh + i - ph
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw + j - pw
+                        if ix < 0 or ix >= w:
+                            continue
+                        v = x[b, iy, ix]
+                        for ch in range(c):
+                            if v[ch] > best[ch]:
+                                best[ch] = v[ch]
+                                tap[ch] = i * kw + j
+
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    """(y, argmax), both channels-last: the window maxima and their taps in [0, kh*kw)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    argmax = np.empty((n, oh, ow, c), dtype=np.int32)
+    run(_max_pool, n, x.transpose(0, 2, 3, 1), kh, kw, sh, sw, ph, pw, y, argmax)
+    return y.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+
+
+@njit(nogil=True, cache=True)
+def _max_pool_backward(chunk, first, stop, worker, grad, argmax, kh, kw, sh, sw, ph, pw, dx):
+    """dx[winner of each window] += dy of that window, for the samples [first, stop) (each chunk owns its own)."""
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    oh, ow = grad.shape[1], grad.shape[2]
+    for b in range(first, stop):
+        dx[b] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                g, tap = grad[b, oy, ox], argmax[b, oy, ox]
+                for ch in range(c):
+                    iy = oy * sh + tap[ch] // kw - ph
+                    ix = ox * sw + tap[ch] % kw - pw
+                    if 0 <= iy < h and 0 <= ix < w:
+                        dx[b, iy, ix, ch] += g[ch]
+
+
+def max_pool2d_backward(grad_out, argmax, x_shape, kernel, stride, padding):
+    """Each output gradient routed to the input pixel that won its window; dx comes back channels-last."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x_shape
+    dx = np.empty((n, h, w, c), dtype=grad_out.dtype)
+    run(_max_pool_backward, n, rows(grad_out).reshape(grad_out.shape[0], grad_out.shape[2], grad_out.shape[3], c),
+        np.ascontiguousarray(argmax.transpose(0, 2, 3, 1)).astype(np.int32, copy=False), kh, kw, sh, sw, ph, pw, dx)
+    return dx.transpose(0, 3, 1, 2)

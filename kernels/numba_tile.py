@@ -114,7 +114,7 @@ def tile(typingctx, rows, vecs, a, a_off, a_sk, a_sr, seg, b, b_off, b_sk, b_ss,
 
 
 def rows_per_tile(lanes, vector_lanes):
-    """(R, NV) of the tiles that cover ``lanes`` output lanes (a multiple of the vector's): the widest NV that divides."""
+    """(R, NV) of the tiles covering ``lanes`` output lanes (a multiple of the vector's): the widest NV that divides."""
     nvec = lanes // vector_lanes
     if nvec % 4 == 0:
         return ROWS_4, 4

@@ -188,3 +188,59 @@ def test_channels_last_residual_add_agrees_with_the_reference(dtype, relu, short
     for got, expected in zip(numba_cpu.residual_add_backward(grad, y, relu), ref.residual_add_backward(grad, want,
                                                                                                        relu)):
         close(got, expected, dtype, "backward")
+
+
+# ---------------------------------------------------------------- the BLAS routes on channels-last arrays
+
+BLAS_CASES = [  # (n, c, h, w, o, kh, kw, stride, padding, shifted)
+    (3, 12, 9, 8, 10, 3, 3, (2, 2), (1, 1), False),  # unfolded rows
+    (3, 12, 9, 8, 10, 3, 2, (1, 1), (1, 0), True),   # shifted windows
+    (3, 12, 9, 8, 10, 1, 1, (1, 1), (0, 0), False),  # 1x1: one GEMM over the batch's pixels
+    (3, 12, 9, 8, 10, 1, 1, (2, 3), (0, 0), False),  # strided 1x1: every s-th pixel
+    (2, 5, 4, 6, 7, 1, 1, (1, 1), (1, 0), False),    # padded 1x1: the rows
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grad_layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", BLAS_CASES, ids=lambda c: "x".join(map(str, c[:7])) + f"_s{c[7]}_p{c[8]}")
+def test_blas_routes_take_and_give_channels_last(monkeypatch, case, grad_layout, dtype):
+    """Wide convolutions (the direct route switched off here) read channels-last x and dy as they lie."""
+    from minires.kernels import numba_conv
+    n, c, h, w, o, kh, kw, stride, padding, shifted = case
+    monkeypatch.setattr(numba_direct, "DIRECT_MAX_CHANNELS", 0)
+    monkeypatch.setattr(numba_conv, "SHIFTED_MIN_CHANNELS", 1 if shifted else 10**9)
+    x, weight = normal(0, (n, c, h, w), dtype), normal(1, (o, c, kh, kw), dtype)
+    y, grad, dx, dw = _reference(x, weight, stride, padding, 2)
+    xl = channels_last(x)
+    gl = channels_last(grad) if grad_layout == "channels_last" else grad
+    got = numba_cpu.conv2d_forward(xl, weight, stride, padding)
+    assert numba_nhwc.is_channels_last(got)
+    close(got, y, dtype, "forward")
+    got_dx = numba_cpu.conv2d_backward_input(gl, weight, x.shape, stride, padding)
+    assert numba_nhwc.is_channels_last(got_dx) == (grad_layout == "channels_last")
+    close(got_dx, dx, dtype, "backward_input")
+    close(numba_cpu.conv2d_backward_weight(gl, xl, weight.shape, stride, padding), dw, dtype, "backward_weight")
+
+
+# ---------------------------------------------------------------- channels-last max pooling
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (0, 1)), ((3, 2), (3, 1), (1, 1))])
+@pytest.mark.parametrize("ties", [False, True])
+def test_channels_last_max_pool_agrees_with_the_reference(window, ties, dtype):
+    """Values, winning taps (the first on ties, as the reference) and the routed gradient."""
+    shape = (3, 7, 9, 8)
+    if ties:
+        x = np.ones(shape, dtype)
+    else:
+        x = (np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape) - 200).astype(dtype)
+    y, argmax = numba_cpu.max_pool2d_forward(channels_last(x), *window)
+    want_y, want_argmax = ref.max_pool2d_forward(x, *window)
+    assert numba_nhwc.is_channels_last(y)
+    close(y, want_y, dtype)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    grad = normal(1, want_y.shape, dtype)
+    for g in (grad, channels_last(grad)):
+        close(numba_cpu.max_pool2d_backward(g, argmax, shape, *window),
+              ref.max_pool2d_backward(grad, want_argmax, shape, *window), dtype)
