@@ -1,73 +1,63 @@
-"""CuPy kernels: the reference's functions as CUDA C (RawKernel, ElementwiseKernel, ReductionKernel), cuBLAS for GEMMs.
+"""CuPy kernels: the reference's functions as CUDA C (RawModule, ElementwiseKernel), cuBLAS for GEMMs.
 
 Read this file next to ``numpy_ref.py`` and ``numba_cuda.py``: the same
 functions with the same signatures, taking and returning CuPy arrays. The
-window kernels (im2col, col2im, pooling) are written in CUDA C with one thread
-per output element; col2im and the pooling backwards *gather* (each input
-pixel sums the outputs that read it), so no two threads write one element.
-Elementwise ops are ``ElementwiseKernel``s, the batch-norm sums are
-``ReductionKernel``s over (N, H, W) accumulated in double, and the
-convolution GEMMs are ``cupy.matmul`` (cuBLAS).
+window kernels (im2col, col2im; pooling in ``cupy_base.py``) are written in
+CUDA C with one thread per output element; col2im *gathers* (each input pixel
+sums the outputs that read it), so no two threads write one element. The
+batch-norm sums split every channel over several blocks, so that even 16
+channels fill a GPU of a hundred SMs. Elementwise ops are ``ElementwiseKernel``s
+(SGD's fused update too, in ``cupy_base.py``). The convolution GEMMs are
+``cupy.matmul`` (cuBLAS), batched over the images so that the forward writes
+NCHW directly; a 1x1 convolution is a GEMM and nothing else.
 
-Importing this module needs CuPy and a usable GPU; the registry turns the
-ImportError into a one-line message saying what to install.
+``_SOURCE`` and ``_ELEMENTWISE`` are literals on purpose: the compile check
+(tests/test_gpu_compile.py) reads them from this file without CuPy or a GPU
+and compiles them with NVRTC. Importing this module needs CuPy, a usable GPU,
+and CuPy's NVRTC and cuBLAS: it compiles and runs a few kernels and a GEMM
+first (``cupy_base.probe``), and the registry turns a failure into one line.
 """
 import functools
-import math
 
 import cupy
 import numpy as np
 
 from ._index import conv_output_size
-
-if not cupy.is_available():
-    raise ImportError("cupy is installed but finds no usable CUDA GPU")
+from .cupy_base import (THREADS, avg_pool2d_backward, avg_pool2d_forward, contiguous as _c,  # noqa: F401
+                        launch, max_pool2d_backward, max_pool2d_forward, probe, sgd_update, window as _window)
 
 NAME = "cupy"
-THREADS = 256  # threads per block
 
 
-# ---------------------------------------------------------------- the window kernels, in CUDA C
+# ---------------------------------------------------------------- the kernels in CUDA C
 #
-# T is float or double: the source is compiled once per dtype with a typedef in
-# front (see _kernel). Integers are long long so that N*C*H*W never overflows.
-# The index helpers are those of _index.py, written in C.
+# T is float or double: cupy_base.module compiles the source once per dtype, with "typedef float T;" (or
+# double) and cupy_base's prelude in front: 64-bit integers (i64), BLOCK, the index helpers of _index.py.
 
 _SOURCE = r"""
-typedef long long i64;
-
-// input coordinate read by tap `tap` at output position `out_pos` (may lie in the padding)
-__device__ i64 tap_input(i64 out_pos, i64 tap, i64 stride, i64 padding) {
-    return out_pos * stride + tap - padding;
+// where column entry (row, image b, pixel p) lies: batch_major lays the columns out (N, rows, OH*OW), one
+// matrix per image for a batched GEMM; else (rows, N*OH*OW), one matrix for the whole batch
+__device__ i64 col_offset(i64 row, i64 b, i64 p, i64 rows, i64 n, i64 pixels, i64 batch_major) {
+    return batch_major ? (b * rows + row) * pixels + p : row * (n * pixels) + b * pixels + p;
 }
 
-// output position whose tap `tap` reads input coordinate `in_pos`, or -1 if there is none
-__device__ i64 tap_output(i64 in_pos, i64 tap, i64 stride, i64 padding, i64 out_size) {
-    i64 t = in_pos + padding - tap;
-    if (t < 0 || t % stride != 0) return -1;
-    i64 o = t / stride;
-    return o < out_size ? o : -1;
-}
-
-__device__ i64 thread_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
-
-// one thread per entry of cols (C*kh*kw, N*OH*OW):
-// cols[(c, i, j), (n, oy, ox)] = x[n, c, oy*sh + i - ph, ox*sw + j - pw], or 0 in the padding
-extern "C" __global__ void im2col(const T* x, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw,
-                                  i64 sh, i64 sw, i64 ph, i64 pw, i64 oh, i64 ow, T* cols) {
-    i64 k = thread_index(), columns = n * oh * ow;
-    if (k >= c * kh * kw * columns) return;
-    i64 row = k / columns, column = k % columns;
-    i64 ch = row / (kh * kw), i = row / kw % kh, j = row % kw;
-    i64 b = column / (oh * ow), oy = column / ow % oh, ox = column % ow;
+// one thread per column entry: cols[(c, i, j), (n, oy, ox)] = x[n, c, oy*sh + i - ph, ox*sw + j - pw], or 0
+extern "C" __global__ void im2col(const T* x, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw,
+                                  i64 ph, i64 pw, i64 oh, i64 ow, i64 batch_major, T* cols) {
+    i64 k = thread_index(), rows = c * kh * kw, pixels = oh * ow;
+    if (k >= rows * n * pixels) return;
+    i64 b, row, p;
+    if (batch_major) { b = k / (rows * pixels); row = k / pixels % rows; p = k % pixels; }
+    else { row = k / (n * pixels); b = k / pixels % n; p = k % pixels; }
+    i64 ch = row / (kh * kw), i = row / kw % kh, j = row % kw, oy = p / ow, ox = p % ow;
     i64 iy = tap_input(oy, i, sh, ph), ix = tap_input(ox, j, sw, pw);
     bool inside = 0 <= iy && iy < h && 0 <= ix && ix < w;
     cols[k] = inside ? x[((b * c + ch) * h + iy) * w + ix] : (T)0;
 }
 
-// one thread per image pixel (n, c, iy, ix): the sum of the cols entries that im2col copied from it
-extern "C" __global__ void col2im(const T* cols, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw,
-                                  i64 sh, i64 sw, i64 ph, i64 pw, i64 oh, i64 ow, T* x) {
+// one thread per image pixel (n, c, iy, ix): the sum of the column entries that im2col copied from it
+extern "C" __global__ void col2im(const T* cols, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw,
+                                  i64 ph, i64 pw, i64 oh, i64 ow, i64 batch_major, T* x) {
     i64 k = thread_index();
     if (k >= n * c * h * w) return;
     i64 b = k / (c * h * w), ch = k / (h * w) % c, iy = k / w % h, ix = k % w;
@@ -78,185 +68,208 @@ extern "C" __global__ void col2im(const T* cols, i64 n, i64 c, i64 h, i64 w, i64
         for (i64 j = 0; j < kw; ++j) {
             i64 ox = tap_output(ix, j, sw, pw, ow);
             if (ox < 0) continue;
-            total += cols[((ch * kh + i) * kw + j) * (n * oh * ow) + (b * oh + oy) * ow + ox];
+            total += cols[col_offset((ch * kh + i) * kw + j, b, oy * ow + ox, c * kh * kw, n, oh * ow,
+                                     batch_major)];
         }
     }
     x[k] = total;
 }
 
-// one thread per output (n, c, oy, ox): the largest input in the window and its tap i*kw + j;
-// the padding holds `padding_value` (-inf), and a later tap must be strictly larger to win
-extern "C" __global__ void max_pool(const T* x, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw,
-                                    i64 sh, i64 sw, i64 ph, i64 pw, i64 oh, i64 ow, T padding_value,
-                                    T* y, int* argmax) {
-    i64 k = thread_index();
-    if (k >= n * c * oh * ow) return;
-    i64 plane = k / (oh * ow), oy = k / ow % oh, ox = k % ow;
-    T best = padding_value;
-    int tap = 0;
-    for (i64 i = 0; i < kh; ++i) {
-        i64 iy = tap_input(oy, i, sh, ph);
-        for (i64 j = 0; j < kw; ++j) {
-            i64 ix = tap_input(ox, j, sw, pw);
-            if (0 <= iy && iy < h && 0 <= ix && ix < w && x[(plane * h + iy) * w + ix] > best) {
-                best = x[(plane * h + iy) * w + ix];
-                tap = (int)(i * kw + j);
-            }
-        }
+// ---- the batch-norm sums over (N, H, W), per channel, in double, in two launches:
+// *_partials: grid (parts, C); block (part, c) sums its share of channel c's N*H*W values into
+//             partials[(c * parts + part) * 2 + {0, 1}] (a warp reads consecutive pixels of one plane);
+// *_finish:   one block per channel adds its `parts` partials and writes the results.
+
+// the sums of a and b over the block (a tree in shared memory), in thread 0; the block has BLOCK threads
+__device__ void block_sum2(double& a, double& b) {
+    __shared__ double sa[BLOCK], sb[BLOCK];
+    unsigned t = threadIdx.x;
+    sa[t] = a;
+    sb[t] = b;
+    __syncthreads();
+    for (unsigned step = BLOCK / 2; step > 0; step /= 2) {
+        if (t < step) { sa[t] += sa[t + step]; sb[t] += sb[t + step]; }
+        __syncthreads();
     }
-    y[k] = best;
-    argmax[k] = tap;
+    a = sa[0];
+    b = sb[0];
 }
 
-// one thread per input pixel (n, c, iy, ix): the sum of dy over the windows that it won
-extern "C" __global__ void max_pool_backward(const T* grad_out, const int* argmax, i64 n, i64 c,
-                                             i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw,
-                                             i64 ph, i64 pw, i64 oh, i64 ow, T* dx) {
-    i64 k = thread_index();
-    if (k >= n * c * h * w) return;
-    i64 plane = k / (h * w), iy = k / w % h, ix = k % w;
-    T total = 0;
-    for (i64 i = 0; i < kh; ++i) {
-        i64 oy = tap_output(iy, i, sh, ph, oh);
-        if (oy < 0) continue;
-        for (i64 j = 0; j < kw; ++j) {
-            i64 ox = tap_output(ix, j, sw, pw, ow);
-            i64 out = (plane * oh + oy) * ow + ox;
-            if (ox >= 0 && argmax[out] == i * kw + j) total += grad_out[out];
-        }
+// in thread 0 of block c: the sums of channel c's `parts` pairs of partials
+__device__ void channel_totals(i64 parts, const double* partials, double& s1, double& s2) {
+    s1 = 0;
+    s2 = 0;
+    for (i64 s = threadIdx.x; s < parts; s += BLOCK) {
+        s1 += partials[(blockIdx.x * parts + s) * 2];
+        s2 += partials[(blockIdx.x * parts + s) * 2 + 1];
     }
-    dx[k] = total;
+    block_sum2(s1, s2);
 }
 
-// one thread per output (n, c, oy, ox): the sum of the window / (kh*kw); padded taps count as 0
-extern "C" __global__ void avg_pool(const T* x, i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw,
-                                    i64 sh, i64 sw, i64 ph, i64 pw, i64 oh, i64 ow, T* y) {
-    i64 k = thread_index();
-    if (k >= n * c * oh * ow) return;
-    i64 plane = k / (oh * ow), oy = k / ow % oh, ox = k % ow;
-    T total = 0;
-    for (i64 i = 0; i < kh; ++i) {
-        i64 iy = tap_input(oy, i, sh, ph);
-        for (i64 j = 0; j < kw; ++j) {
-            i64 ix = tap_input(ox, j, sw, pw);
-            if (0 <= iy && iy < h && 0 <= ix && ix < w) total += x[(plane * h + iy) * w + ix];
-        }
+// sum(x - shift) and sum((x - shift)^2), shift = x[0, c, 0, 0]: a value of the channel, so that the
+// variance keeps its digits when the mean is far from 0
+extern "C" __global__ void bn_stats_partials(const T* x, i64 n, i64 c, i64 hw, double* partials) {
+    i64 part = blockIdx.x, parts = gridDim.x, ch = blockIdx.y, m = n * hw;
+    double shift = (double)x[ch * hw], s1 = 0, s2 = 0;
+    for (i64 k = part * BLOCK + threadIdx.x; k < m; k += parts * BLOCK) {
+        double v = (double)x[(k / hw * c + ch) * hw + k % hw] - shift;
+        s1 += v;
+        s2 += v * v;
     }
-    y[k] = total / (T)(kh * kw);
+    block_sum2(s1, s2);
+    if (threadIdx.x == 0) { partials[(ch * parts + part) * 2] = s1; partials[(ch * parts + part) * 2 + 1] = s2; }
 }
 
-// one thread per input pixel (n, c, iy, ix): the sum of dy / (kh*kw) over the windows that cover it
-extern "C" __global__ void avg_pool_backward(const T* grad_out, i64 n, i64 c, i64 h, i64 w,
-                                             i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw,
-                                             i64 oh, i64 ow, T* dx) {
-    i64 k = thread_index();
-    if (k >= n * c * h * w) return;
-    i64 plane = k / (h * w), iy = k / w % h, ix = k % w;
-    T total = 0;
-    for (i64 i = 0; i < kh; ++i) {
-        i64 oy = tap_output(iy, i, sh, ph, oh);
-        if (oy < 0) continue;
-        for (i64 j = 0; j < kw; ++j) {
-            i64 ox = tap_output(ix, j, sw, pw, ow);
-            if (ox >= 0) total += grad_out[(plane * oh + oy) * ow + ox];
-        }
+// mean = shift + s1 / M, var = s2 / M - (s1 / M)^2 (biased, never below 0)
+extern "C" __global__ void bn_stats_finish(const T* x, i64 hw, i64 m, i64 parts, const double* partials,
+                                           T* mean, T* var) {
+    double s1, s2;
+    channel_totals(parts, partials, s1, s2);
+    i64 ch = blockIdx.x;
+    if (threadIdx.x == 0) {
+        double d = s1 / m, v = s2 / m - d * d;
+        mean[ch] = (T)((double)x[ch * hw] + d);
+        var[ch] = (T)(v > 0 ? v : 0);
     }
-    dx[k] = total / (T)(kh * kw);
+}
+
+// sum(dy) and sum(dy * xhat), xhat = (x - mean) * invstd
+extern "C" __global__ void bn_grad_partials(const T* dy, const T* x, const T* mean, const T* invstd,
+                                            i64 n, i64 c, i64 hw, double* partials) {
+    i64 part = blockIdx.x, parts = gridDim.x, ch = blockIdx.y, m = n * hw;
+    double mu = mean[ch], is = invstd[ch], s1 = 0, s2 = 0;
+    for (i64 k = part * BLOCK + threadIdx.x; k < m; k += parts * BLOCK) {
+        i64 at = (k / hw * c + ch) * hw + k % hw;
+        double g = dy[at];
+        s1 += g;
+        s2 += g * (((double)x[at] - mu) * is);
+    }
+    block_sum2(s1, s2);
+    if (threadIdx.x == 0) { partials[(ch * parts + part) * 2] = s1; partials[(ch * parts + part) * 2 + 1] = s2; }
+}
+
+extern "C" __global__ void bn_grad_finish(i64 parts, const double* partials, T* dbias, T* dweight) {
+    double s1, s2;
+    channel_totals(parts, partials, s1, s2);
+    if (threadIdx.x == 0) { dbias[blockIdx.x] = (T)s1; dweight[blockIdx.x] = (T)s2; }
 }
 """
 
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
-@functools.lru_cache(maxsize=None)
-def _module(dtype):
-    """The window kernels compiled for one dtype (CuPy caches the binary on disk too)."""
-    if dtype not in _C_TYPES:
-        raise TypeError(f"the cupy kernels support float32 and float64, got {dtype}")
-    return cupy.RawModule(code=f"typedef {_C_TYPES[dtype]} T;\n" + _SOURCE)
+def _launch(name, dtype, size, *args, grid=None):
+    launch(_SOURCE, name, dtype, size, *args, grid=grid)
 
 
-def _launch(name, dtype, size, *args):
-    """Run window kernel ``name`` with one thread per element of a ``size``-element output."""
-    kernel = _module(np.dtype(dtype)).get_function(name)
-    args = tuple(np.int64(a) if isinstance(a, (int, np.integer)) else a for a in args)
-    kernel((max(1, math.ceil(size / THREADS)),), (THREADS,), args)
+# ---------------------------------------------------------------- elementwise kernels
+#
+# name -> (input parameters, output parameters, operation): cupy.ElementwiseKernel's arguments. Parameters
+# that come as (1, C, 1, 1) arrays broadcast over (N, C, H, W); outputs given as arrays are updated in place.
 
+_ELEMENTWISE = {
+    "minires_residual_add": ("T f, T s, bool relu", "T y", "T v = f + s; y = (relu && v < (T)0) ? (T)0 : v;"),
+    "minires_relu_mask": ("T dy, T y", "T g", "g = y > (T)0 ? dy : (T)0;"),
+    "minires_affine": ("T x, T scale, T shift", "T y", "y = x * scale + shift;"),
+    "minires_bn_backward_dx": (
+        "T dy, T x, T mean, T invstd, T scale, T dbias, T dweight, T m", "T dx",
+        "dx = (dy - dbias / m - (x - mean) * invstd * (dweight / m)) * scale;"),
+}
 
-def _c(a):
-    return cupy.ascontiguousarray(a)
+_ew = {name: cupy.ElementwiseKernel(*spec, name=name) for name, spec in _ELEMENTWISE.items()}
 
 
 # ---------------------------------------------------------------- im2col / col2im
 
+def _columns(x, kh, kw, stride, padding, batch_major):
+    """im2col's columns, laid out (N, C*kh*kw, OH*OW) when ``batch_major``, else (C*kh*kw, N*OH*OW)."""
+    sizes = n, c, _, _, _, _, _, _, _, _, oh, ow = _window(x.shape, (kh, kw), stride, padding)
+    shape = (n, c * kh * kw, oh * ow) if batch_major else (c * kh * kw, n * oh * ow)
+    cols = cupy.empty(shape, dtype=x.dtype)
+    _launch("im2col", x.dtype, cols.size, _c(x), *sizes, int(batch_major), cols)
+    return cols
+
+
+def _image(cols, x_shape, kh, kw, stride, padding, batch_major):
+    """col2im of columns laid out as ``_columns`` lays them."""
+    x = cupy.empty(tuple(x_shape), dtype=cols.dtype)
+    _launch("col2im", cols.dtype, x.size, _c(cols), *_window(x_shape, (kh, kw), stride, padding), int(batch_major),
+            x)
+    return x
+
+
 def im2col(x, kh, kw, stride, padding):
     """Unfold x (N, C, H, W) into columns (C*kh*kw, N*OH*OW): row (c, i, j) is what tap (i, j) of channel c sees."""
-    (sh, sw), (ph, pw) = stride, padding
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    cols = cupy.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    _launch("im2col", x.dtype, cols.size, _c(x), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, cols)
-    return cols
+    return _columns(x, kh, kw, stride, padding, batch_major=False)
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
     """The adjoint of im2col: sum columns (C*kh*kw, N*OH*OW) back into an (N, C, H, W) image."""
-    (sh, sw), (ph, pw) = stride, padding
-    n, c, h, w = x_shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    x = cupy.empty((n, c, h, w), dtype=cols.dtype)
-    _launch("col2im", cols.dtype, x.size, _c(cols), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, x)
-    return x
+    return _image(cols, x_shape, kh, kw, stride, padding, batch_major=False)
 
 
 # ---------------------------------------------------------------- convolution
+#
+# The forward and the input gradient are GEMMs batched over the images, with the columns laid out
+# (N, C*kh*kw, OH*OW): y[n] = W @ cols[n] is already NCHW, dcols[n] = W^T @ dy[n] reads dy as it lies.
+# The weight gradient sums over images and pixels together, so it needs dy as (O, N*OH*OW): its one
+# transpose. A 1x1 convolution without padding needs no columns: x itself (every stride-th pixel) is.
+
+def _pointwise(kh, kw, padding):
+    """True when the convolution is a plain GEMM over the channels: a 1x1 kernel without padding."""
+    return kh == 1 and kw == 1 and tuple(padding) == (0, 0)
+
+
+def _sampled(x, stride):
+    """The pixels a 1x1 convolution with ``stride`` reads, as (N, C, OH*OW), contiguous."""
+    n, c = x.shape[:2]
+    if tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    return _c(x).reshape(n, c, -1)
+
 
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW) -> (N, O, OH, OW)."""
-    n = x.shape[0]
-    o, _, kh, kw = weight.shape
-    y = cupy.matmul(weight.reshape(o, -1), im2col(x, kh, kw, stride, padding))  # cuBLAS
+    """y = W * x as GEMMs: (O, C*kh*kw) @ (N, C*kh*kw, OH*OW) -> (N, O, OH, OW), batched over the images."""
+    n, (o, c, kh, kw) = x.shape[0], weight.shape
     oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
     ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
-    return cupy.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    cols = _sampled(x, stride) if _pointwise(kh, kw, padding) else _columns(x, kh, kw, stride, padding, True)
+    return cupy.matmul(_c(weight).reshape(o, c * kh * kw), cols).reshape(n, o, oh, ow)  # cuBLAS
 
 
 def _grad_rows(grad_out):
-    """(N, O, OH, OW) -> (O, N*OH*OW), the layout of the forward GEMM's output."""
+    """(N, O, OH, OW) -> (O, N*OH*OW), the layout of one GEMM over the whole batch."""
     o = grad_out.shape[1]
     return cupy.ascontiguousarray(grad_out.transpose(1, 0, 2, 3)).reshape(o, -1)
 
 
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
-    """dx = col2im(W^T @ dy)."""
-    o, _, kh, kw = weight.shape
-    dcols = cupy.matmul(weight.reshape(o, -1).T, _grad_rows(grad_out))
-    return col2im(dcols, x_shape, kh, kw, stride, padding)
+    """dx = col2im(W^T @ dy), the GEMM batched over the images; for a 1x1 convolution the GEMM alone."""
+    (o, c, kh, kw), (n, _, oh, ow) = weight.shape, grad_out.shape
+    dcols = cupy.matmul(_c(weight).reshape(o, c * kh * kw).T, _c(grad_out).reshape(n, o, oh * ow))
+    if not _pointwise(kh, kw, padding):
+        return _image(dcols, x_shape, kh, kw, stride, padding, batch_major=True)
+    if tuple(stride) == (1, 1):
+        return dcols.reshape(x_shape)
+    dx = cupy.zeros(x_shape, dtype=grad_out.dtype)
+    dx[:, :, ::stride[0], ::stride[1]] = dcols.reshape(n, c, oh, ow)
+    return dx
 
 
 def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
-    """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward."""
-    _, _, kh, kw = weight_shape
-    cols = im2col(x, kh, kw, stride, padding)
+    """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward (1x1: x's pixels)."""
+    o, c, kh, kw = weight_shape
+    if _pointwise(kh, kw, padding):
+        cols = _c(_sampled(x, stride).transpose(1, 0, 2)).reshape(c, -1)
+    else:
+        cols = im2col(x, kh, kw, stride, padding)
     return cupy.matmul(_grad_rows(grad_out), cols.T).reshape(weight_shape)
 
 
 # ---------------------------------------------------------------- residual add
 
-_residual_add = cupy.ElementwiseKernel(
-    "T f, T s, bool relu", "T y",
-    "T v = f + s; y = (relu && v < (T)0) ? (T)0 : v;",
-    "minires_residual_add")
-
-_relu_mask = cupy.ElementwiseKernel(
-    "T dy, T y", "T g",
-    "g = y > (T)0 ? dy : (T)0;",
-    "minires_relu_mask")
-
-
 def residual_add_forward(f, s, relu):
     """y = relu(f + s) (or f + s)."""
-    return _residual_add(f, s, bool(relu))
+    return _ew["minires_residual_add"](f, s, bool(relu))
 
 
 def residual_add_backward(grad_out, y, relu):
@@ -265,32 +278,34 @@ def residual_add_backward(grad_out, y, relu):
     The add passes g unchanged to each input; the shortcut's copy is the "1"
     of dx = g (1 + dF/dx).
     """
-    g = _relu_mask(grad_out, y) if relu else grad_out
+    g = _ew["minires_relu_mask"](grad_out, y) if relu else grad_out
     return g, g
 
 
 # ---------------------------------------------------------------- batch norm
 
-_AXES = (0, 2, 3)  # batch norm reduces over N, H and W, per channel
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_id):
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])  # read once per device
 
-_channel_sum = cupy.ReductionKernel(
-    "T x", "T total", "x", "a + b", "total = a", "0", "minires_channel_sum", reduce_type="double")
 
-_channel_squares = cupy.ReductionKernel(
-    "T x, T mean", "T total", "((double)x - mean) * ((double)x - mean)", "a + b", "total = a", "0",
-    "minires_channel_squares", reduce_type="double")
+def reduction_parts(channels, per_channel, multiprocessors, threads=THREADS):
+    """Blocks per channel for the batch-norm sums: about four blocks per SM in all, each with work for its threads.
 
-_channel_dy_xhat = cupy.ReductionKernel(
-    "T dy, T x, T mean, T invstd", "T total", "(double)dy * (((double)x - mean) * invstd)", "a + b",
-    "total = a", "0", "minires_channel_dy_xhat", reduce_type="double")
+    One block per channel left a GPU of 132 SMs with 16 busy for resnet20's first stage.
+    """
+    wanted = -(-4 * multiprocessors // max(1, channels))
+    return max(1, min(wanted, -(-per_channel // threads)))
 
-_affine = cupy.ElementwiseKernel(
-    "T x, T scale, T shift", "T y", "y = x * scale + shift", "minires_affine")
 
-_bn_backward_dx = cupy.ElementwiseKernel(
-    "T dy, T x, T mean, T invstd, T scale, T mean_dy, T mean_dy_xhat", "T dx",
-    "dx = (dy - mean_dy - (x - mean) * invstd * mean_dy_xhat) * scale",
-    "minires_bn_backward_dx")
+def _channel_sums(partials_kernel, finish_kernel, like, first_args, finish_args, outputs):
+    """The two launches of a batch-norm sum: partials over a (parts, C) grid, then one block per channel."""
+    n, c, h, w = like.shape
+    parts = reduction_parts(c, n * h * w, _multiprocessors(cupy.cuda.runtime.getDevice()))
+    partials = cupy.empty(c * parts * 2, dtype=np.float64)
+    _launch(partials_kernel, like.dtype, 0, *first_args, n, c, h * w, partials, grid=(parts, c))
+    _launch(finish_kernel, like.dtype, 0, *finish_args(parts), partials, *outputs, grid=(c,))
+    return outputs
 
 
 def _per_channel(v):
@@ -299,73 +314,43 @@ def _per_channel(v):
 
 
 def batch_norm_stats(x):
-    """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W), two passes with double sums."""
-    m = x.size // x.shape[1]
-    mean = _channel_sum(x, axis=_AXES) / x.dtype.type(m)
-    var = _channel_squares(x, _per_channel(mean), axis=_AXES) / x.dtype.type(m)
-    return mean, var
+    """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W), in double, shifted by a sample."""
+    x = _c(x)
+    n, c, h, w = x.shape
+    mean, var = cupy.empty(c, dtype=x.dtype), cupy.empty(c, dtype=x.dtype)
+    return _channel_sums("bn_stats_partials", "bn_stats_finish", x, (x,),
+                         lambda parts: (x, h * w, n * h * w, parts), (mean, var))
 
 
 def batch_norm_forward(x, scale, shift):
     """y = x * scale + shift, per channel."""
-    return _affine(x, _per_channel(scale), _per_channel(shift))
+    return _ew["minires_affine"](x, _per_channel(scale), _per_channel(shift))
 
 
 def batch_norm_grad_sums(grad_out, x, mean, invstd):
     """(dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W), xhat = (x - mean) * invstd."""
-    dbias = _channel_sum(grad_out, axis=_AXES)
-    dweight = _channel_dy_xhat(grad_out, x, _per_channel(mean), _per_channel(invstd), axis=_AXES)
-    return dbias, dweight
+    grad_out, x = _c(grad_out), _c(x)
+    c = x.shape[1]
+    dbias, dweight = cupy.empty(c, dtype=x.dtype), cupy.empty(c, dtype=x.dtype)
+    return _channel_sums("bn_grad_partials", "bn_grad_finish", x, (grad_out, x, _c(mean), _c(invstd)),
+                         lambda parts: (parts,), (dbias, dweight))
 
 
 def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
     """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient with batch statistics."""
     m = x.dtype.type(grad_out.size // grad_out.shape[1])
-    return _bn_backward_dx(grad_out, x, _per_channel(mean), _per_channel(invstd), _per_channel(scale),
-                           _per_channel(dbias / m), _per_channel(dweight / m))
+    return _ew["minires_bn_backward_dx"](grad_out, x, _per_channel(mean), _per_channel(invstd),
+                                         _per_channel(scale), _per_channel(dbias), _per_channel(dweight), m)
 
 
-# ---------------------------------------------------------------- pooling
+# ---------------------------------------------------------------- can this GPU run them?
 
-def max_pool2d_forward(x, kernel, stride, padding):
-    """Returns (y, argmax) where argmax in [0, kh*kw) is the winning tap of each window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    y = cupy.empty((n, c, oh, ow), dtype=x.dtype)
-    argmax = cupy.empty((n, c, oh, ow), dtype=np.int32)
-    _launch("max_pool", x.dtype, y.size, _c(x), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
-            x.dtype.type(-np.inf), y, argmax)
-    return y, argmax
+def _probe_kernels():
+    a = cupy.ones((2, 1, 2, 2), dtype=np.float32)
+    col2im(im2col(a, 1, 1, (1, 1), (0, 0)), a.shape, 1, 1, (1, 1), (0, 0))  # NVRTC: this file's source
+    avg_pool2d_forward(a, (2, 2), (1, 1), (0, 0))  # NVRTC: cupy_base's
+    residual_add_forward(a, a, True)  # NVRTC: an ElementwiseKernel
+    cupy.matmul(a.reshape(2, 4), a.reshape(4, 2))  # cuBLAS
 
 
-def max_pool2d_backward(grad_out, argmax, x_shape, kernel, stride, padding):
-    """Route each output gradient to the input pixel that won its window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x_shape
-    oh, ow = grad_out.shape[2:]
-    dx = cupy.empty((n, c, h, w), dtype=grad_out.dtype)
-    _launch("max_pool_backward", grad_out.dtype, dx.size, _c(grad_out), _c(argmax).astype(np.int32, copy=False),
-            n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, dx)
-    return dx
-
-
-def avg_pool2d_forward(x, kernel, stride, padding):
-    """Window mean; padded zeros count in the divisor (PyTorch's count_include_pad=True)."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    y = cupy.empty((n, c, oh, ow), dtype=x.dtype)
-    _launch("avg_pool", x.dtype, y.size, _c(x), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, y)
-    return y
-
-
-def avg_pool2d_backward(grad_out, x_shape, kernel, stride, padding):
-    """Spread each output gradient evenly over its window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x_shape
-    oh, ow = grad_out.shape[2:]
-    dx = cupy.empty((n, c, h, w), dtype=grad_out.dtype)
-    _launch("avg_pool_backward", grad_out.dtype, dx.size, _c(grad_out), n, c, h, w, kh, kw, sh, sw, ph, pw,
-            oh, ow, dx)
-    return dx
+probe(_probe_kernels)

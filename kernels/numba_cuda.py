@@ -4,8 +4,8 @@ Read this file next to ``numpy_ref.py`` and ``numba_cpu.py``: the same
 signatures, and the same ``_index.py`` helpers, compiled here with
 ``cuda.jit(device=True)``. Each kernel writes each output element from
 exactly one thread (col2im and the pooling backwards *gather* what the CPU
-versions scatter: no atomics, no races); the batch-norm sums give each
-channel one block that reduces in shared memory.
+versions scatter: no atomics, no races); the batch-norm sums split each
+channel over several blocks that reduce in shared memory, then add the parts.
 
 Arrays may be CuPy arrays (how minires keeps GPU tensors; Numba launches on
 them through ``__cuda_array_interface__``), Numba device arrays, or host NumPy
@@ -13,93 +13,15 @@ arrays (under Numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``); results come
 back as the same kind. The convolution GEMMs go to cuBLAS through
 ``cupy.matmul``, or to NumPy on the host when CuPy is absent.
 """
-import math
-import os
-
 import numpy as np
-from numba import config, cuda
+from numba import cuda
 
-from . import _index
 from ._index import conv_output_size
-
-try:
-    import cupy
-    if config.ENABLE_CUDASIM or not cupy.is_available():
-        cupy = None  # the simulator cannot launch on CuPy's memory; host arrays need no CuPy
-except ImportError:
-    cupy = None
-
-if not cuda.is_available():
-    raise ImportError("numba-cuda finds no usable CUDA GPU; to run these kernels without one, "
-                      "set NUMBA_ENABLE_CUDASIM=1 before Python starts")
-
-# By default Numba waits for a CuPy array's stream before every launch, once per
-# CuPy argument: the host could never queue work ahead of the GPU. CuPy and these
-# kernels both launch on the legacy default stream, already in order; a value
-# the user set (NUMBA_CUDA_ARRAY_INTERFACE_SYNC) wins.
-if cupy is not None and "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" not in os.environ:
-    try:  # numba-cuda keeps its own settings module (the same object as numba.config in recent versions)
-        from numba.cuda.core import config as _cuda_config
-    except ImportError:
-        _cuda_config = config
-    config.CUDA_ARRAY_INTERFACE_SYNC = _cuda_config.CUDA_ARRAY_INTERFACE_SYNC = 0
+from .numba_cuda_base import (THREADS, _col_column, _col_row, _empty, _flat, _launch, _matmul,  # noqa: F401
+                              _tap_input, _tap_output, _unravel3, _unravel4, avg_pool2d_backward,
+                              avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
 
 NAME = "numba-cuda"
-
-# threads per block, a power of two (the reductions halve it); small in the simulator, a Python thread each
-THREADS = 32 if config.ENABLE_CUDASIM else 256
-
-# the shared index helpers, compiled for the GPU
-_tap_input = cuda.jit(device=True)(_index.tap_input)
-_tap_output = cuda.jit(device=True)(_index.tap_output)
-_col_row = cuda.jit(device=True)(_index.col_row)
-_col_column = cuda.jit(device=True)(_index.col_column)
-_unravel3 = cuda.jit(device=True)(_index.unravel3)
-_unravel4 = cuda.jit(device=True)(_index.unravel4)
-
-
-# ---------------------------------------------------------------- arrays of three kinds
-
-def _is_cupy(a):
-    return cupy is not None and isinstance(a, cupy.ndarray)
-
-
-def _is_numba_device(a):
-    return hasattr(a, "copy_to_host")  # DeviceNDArray, or the simulator's FakeCUDAArray
-
-
-def _empty(like, shape, dtype):
-    """An uninitialised array of the same kind as ``like`` (CuPy, Numba device or NumPy)."""
-    if _is_cupy(like):
-        return cupy.empty(shape, dtype=dtype)
-    if _is_numba_device(like):
-        return cuda.device_array(shape, dtype=dtype)
-    return np.empty(shape, dtype=dtype)
-
-
-def _flat(a):
-    """A 1-D view of a contiguous array of any kind."""
-    return a.reshape(a.size)
-
-
-def _matmul(a, b, transpose_a=False, transpose_b=False):
-    """a @ b (a^T or b^T when asked) by the library that owns the arrays: cuBLAS via CuPy, or NumPy.
-
-    Numba device arrays go through CuPy without a copy, or without CuPy through the host (slow: the simulator).
-    """
-    device = _is_numba_device(a)
-    if device:
-        a, b = (cupy.asarray(a), cupy.asarray(b)) if cupy is not None else (a.copy_to_host(), b.copy_to_host())
-    a, b = (a.T if transpose_a else a), (b.T if transpose_b else b)
-    out = cupy.matmul(a, b) if _is_cupy(a) else np.matmul(a, b)
-    if device:
-        return cuda.as_cuda_array(out) if _is_cupy(out) else cuda.to_device(out)
-    return out
-
-
-def _launch(kernel, size):
-    """``kernel`` configured with one thread per element of a ``size``-element output."""
-    return kernel[max(1, math.ceil(size / THREADS)), THREADS]
 
 
 # ---------------------------------------------------------------- im2col / col2im
@@ -189,31 +111,61 @@ def _swapped(src, shape):
     return dst
 
 
-def _grad_rows(grad_out):
-    """(N, O, OH, OW) -> (O, N*OH*OW), the layout of the forward GEMM's output."""
+_kept_rows = [None, None]  # (dy, _grad_rows(dy)) from conv2d_backward_input, for the weight gradient that follows
+
+
+def _grad_rows(grad_out, keep=False):
+    """(N, O, OH, OW) -> (O, N*OH*OW), the layout of the forward GEMM's output.
+
+    A convolution's backward asks twice for the same dy (input, then weight gradient): ``keep`` holds
+    the transpose for the second call, which takes it, so each backward transposes dy once.
+    """
+    kept, _kept_rows[:] = _kept_rows[:], [None, None]
+    if kept[0] is grad_out:
+        return kept[1]
     n, o, oh, ow = grad_out.shape
-    return _swapped(grad_out, (o, n, oh * ow)).reshape(o, n * oh * ow)
+    rows = _swapped(grad_out, (o, n, oh * ow)).reshape(o, n * oh * ow)
+    if keep:
+        _kept_rows[:] = [grad_out, rows]
+    return rows
+
+
+def _pointwise(weight_shape, stride, padding):
+    """A 1x1 convolution with stride 1 and no padding: a GEMM over the channels, x needs no im2col."""
+    return tuple(weight_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
 def conv2d_forward(x, weight, stride, padding):
-    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW), brought into (N, O, OH, OW)."""
+    """y = W * x as one GEMM: (O, C*kh*kw) @ (C*kh*kw, N*OH*OW), brought into (N, O, OH, OW).
+
+    1x1 (stride 1, no padding): (O, C) @ x as (N, C, H*W), batched over the images, is NCHW already.
+    """
     (n, _, h, w), (o, c, kh, kw) = x.shape, weight.shape
+    if _pointwise(weight.shape, stride, padding):
+        return _matmul(weight.reshape(o, c), x.reshape(n, c, h * w)).reshape(n, o, h, w)
     oh, ow = conv_output_size(h, kh, stride[0], padding[0]), conv_output_size(w, kw, stride[1], padding[1])
     rows = _matmul(weight.reshape(o, c * kh * kw), im2col(x, kh, kw, stride, padding))
     return _swapped(rows, (n, o, oh * ow)).reshape(n, o, oh, ow)
 
 
 def conv2d_backward_input(grad_out, weight, x_shape, stride, padding):
-    """dx = col2im(W^T @ dy)."""
+    """dx = col2im(W^T @ dy); 1x1: W^T @ dy as (N, O, H*W), batched over the images."""
     o, c, kh, kw = weight.shape
-    dcols = _matmul(weight.reshape(o, c * kh * kw), _grad_rows(grad_out), transpose_a=True)
+    if _pointwise(weight.shape, stride, padding):
+        n, _, h, w = grad_out.shape
+        return _matmul(weight.reshape(o, c), grad_out.reshape(n, o, h * w), transpose_a=True).reshape(n, c, h, w)
+    dcols = _matmul(weight.reshape(o, c * kh * kw), _grad_rows(grad_out, keep=True), transpose_a=True)
     return col2im(dcols, x_shape, kh, kw, stride, padding)
 
 
 def conv2d_backward_weight(grad_out, x, weight_shape, stride, padding):
-    """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward."""
-    _, _, kh, kw = weight_shape
-    cols = im2col(x, kh, kw, stride, padding)
+    """dW = dy @ im2col(x)^T; the columns are recomputed rather than kept from forward (1x1: x as (C, N*H*W))."""
+    o, c, kh, kw = weight_shape
+    if _pointwise(weight_shape, stride, padding):
+        n, _, h, w = x.shape
+        cols = _swapped(x, (c, n, h * w)).reshape(c, n * h * w)
+    else:
+        cols = im2col(x, kh, kw, stride, padding)
     return _matmul(_grad_rows(grad_out), cols, transpose_b=True).reshape(tuple(weight_shape))
 
 
@@ -286,33 +238,54 @@ def _block_sum(partial, value):
     return total
 
 
+def _parts(channels, per_channel):
+    """Blocks per channel for the batch-norm sums: about four per SM in all, each with work for all its threads.
+
+    One block per channel left a GPU of 132 SMs with 16 busy for resnet20's first stage.
+    """
+    sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", None) or 2  # the simulator has none
+    return max(1, min(-(-4 * sms // channels), -(-per_channel // THREADS)))
+
+
 @cuda.jit
-def _bn_stats_kernel(x, mean, var):
-    """Block c, channel c: mean = sum(x[:, c]) / M, then var = sum((x[:, c] - mean)^2) / M, with float64 sums."""
-    c, t = cuda.blockIdx.x, cuda.threadIdx.x
+def _bn_stats_kernel(x, partials, mean, var, finish):
+    """Two launches. First, grid (parts, C): block (p, c) sums part p of channel c, shifted by x[0, c, 0, 0]
+    (a value of the channel, so the variance keeps its digits), into partials[c, p] = (sum d, sum d^2) in
+    float64. Then ``finish``, grid (1, C): block c adds its parts: mean = shift + S1/M, var = S2/M - (S1/M)^2."""
+    part, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
     n, _, h, w = x.shape
-    m = n * h * w
+    m, parts = n * h * w, partials.shape[1]
     partial = cuda.shared.array(THREADS, np.float64)
-    total = 0.0
-    for k in range(t, m, cuda.blockDim.x):  # each thread strides over the channel's N*H*W values
-        b, iy, ix = _unravel3(k, h, w)
-        total += x[b, c, iy, ix]
-    mu = _block_sum(partial, total) / m
-    squares = 0.0
-    for k in range(t, m, cuda.blockDim.x):
-        b, iy, ix = _unravel3(k, h, w)
-        d = x[b, c, iy, ix] - mu
-        squares += d * d
-    sigma2 = _block_sum(partial, squares) / m
-    if t == 0:
-        mean[c], var[c] = mu, sigma2
+    s1 = 0.0
+    s2 = 0.0
+    if finish:
+        for p in range(t, parts, cuda.blockDim.x):
+            s1 += partials[c, p, 0]
+            s2 += partials[c, p, 1]
+    else:
+        shift = np.float64(x[0, c, 0, 0])
+        for k in range(part * cuda.blockDim.x + t, m, parts * cuda.blockDim.x):
+            b, iy, ix = _unravel3(k, h, w)
+            d = x[b, c, iy, ix] - shift
+            s1 += d
+            s2 += d * d
+    s1 = _block_sum(partial, s1)
+    s2 = _block_sum(partial, s2)
+    if t == 0 and finish:
+        mu = s1 / m
+        mean[c], var[c] = x[0, c, 0, 0] + mu, max(s2 / m - mu * mu, 0.0)
+    elif t == 0:
+        partials[c, part, 0], partials[c, part, 1] = s1, s2
 
 
 def batch_norm_stats(x):
     """Per-channel mean and biased variance over (N, H, W) of x (N, C, H, W)."""
-    c = x.shape[1]
+    n, c, h, w = x.shape
+    parts = _parts(c, n * h * w)
     mean, var = _empty(x, (c,), x.dtype), _empty(x, (c,), x.dtype)
-    _bn_stats_kernel[c, THREADS](x, mean, var)
+    partials = _empty(x, (c, parts, 2), np.float64)
+    _bn_stats_kernel[(parts, c), THREADS](x, partials, mean, var, False)
+    _bn_stats_kernel[(1, c), THREADS](x, partials, mean, var, True)
     return mean, var
 
 
@@ -335,29 +308,42 @@ def batch_norm_forward(x, scale, shift):
 
 
 @cuda.jit
-def _bn_grad_sums_kernel(grad_out, x, mean, invstd, dbias, dweight):
-    """Block c: dbias[c] = sum(dy[:, c]) and dweight[c] = sum(dy[:, c] * xhat[:, c]), xhat = (x - mean) * invstd."""
-    c, t = cuda.blockIdx.x, cuda.threadIdx.x
+def _bn_grad_sums_kernel(grad_out, x, mean, invstd, partials, dbias, dweight, finish):
+    """Two launches, as _bn_stats_kernel's: block (p, c) sums part p of dy[:, c] and dy[:, c] * xhat[:, c],
+    xhat = (x - mean) * invstd, into partials[c, p]; then (``finish``) block c adds its parts into dbias[c]
+    and dweight[c]."""
+    part, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
     n, _, h, w = x.shape
+    parts = partials.shape[1]
     partial = cuda.shared.array(THREADS, np.float64)
     sum_dy = 0.0
     sum_dy_xhat = 0.0
-    for k in range(t, n * h * w, cuda.blockDim.x):
-        b, iy, ix = _unravel3(k, h, w)
-        dy = grad_out[b, c, iy, ix]
-        sum_dy += dy
-        sum_dy_xhat += dy * ((x[b, c, iy, ix] - mean[c]) * invstd[c])
+    if finish:
+        for p in range(t, parts, cuda.blockDim.x):
+            sum_dy += partials[c, p, 0]
+            sum_dy_xhat += partials[c, p, 1]
+    else:
+        for k in range(part * cuda.blockDim.x + t, n * h * w, parts * cuda.blockDim.x):
+            b, iy, ix = _unravel3(k, h, w)
+            dy = grad_out[b, c, iy, ix]
+            sum_dy += dy
+            sum_dy_xhat += dy * ((x[b, c, iy, ix] - mean[c]) * invstd[c])
     sum_dy = _block_sum(partial, sum_dy)
     sum_dy_xhat = _block_sum(partial, sum_dy_xhat)
-    if t == 0:
+    if t == 0 and finish:
         dbias[c], dweight[c] = sum_dy, sum_dy_xhat
+    elif t == 0:
+        partials[c, part, 0], partials[c, part, 1] = sum_dy, sum_dy_xhat
 
 
 def batch_norm_grad_sums(grad_out, x, mean, invstd):
     """(dbias, dweight) = (sum(dy), sum(dy * xhat)) per channel over (N, H, W), xhat = (x - mean) * invstd."""
-    c = x.shape[1]
+    n, c, h, w = x.shape
+    parts = _parts(c, n * h * w)
     dbias, dweight = _empty(x, (c,), x.dtype), _empty(x, (c,), x.dtype)
-    _bn_grad_sums_kernel[c, THREADS](grad_out, x, mean, invstd, dbias, dweight)
+    partials = _empty(x, (c, parts, 2), np.float64)
+    _bn_grad_sums_kernel[(parts, c), THREADS](grad_out, x, mean, invstd, partials, dbias, dweight, False)
+    _bn_grad_sums_kernel[(1, c), THREADS](grad_out, x, mean, invstd, partials, dbias, dweight, True)
     return dbias, dweight
 
 
@@ -378,123 +364,4 @@ def batch_norm_backward_input(grad_out, x, mean, invstd, scale, dbias, dweight):
     """dx = scale * (dy - dbias / M - xhat * dweight / M), M = N*H*W: the input gradient with batch statistics."""
     dx = _empty(x, x.shape, x.dtype)
     _launch(_bn_backward_dx_kernel, dx.size)(grad_out, x, mean, invstd, scale, dbias, dweight, dx)
-    return dx
-
-
-# ---------------------------------------------------------------- pooling
-
-@cuda.jit
-def _max_pool_kernel(x, kh, kw, sh, sw, ph, pw, y, argmax):
-    """Thread (n, c, oy, ox): the largest input in the window and its tap i*kw + j; the first maximum wins."""
-    k = cuda.grid(1)
-    _, channels, oh, ow = y.shape
-    if k >= y.size:
-        return
-    n, c, oy, ox = _unravel4(k, channels, oh, ow)
-    best = -math.inf  # the padding: it never wins
-    tap = 0
-    for i in range(kh):
-        iy = _tap_input(oy, i, sh, ph)
-        for j in range(kw):
-            ix = _tap_input(ox, j, sw, pw)
-            if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3] and x[n, c, iy, ix] > best:  # strict: first wins
-                best = x[n, c, iy, ix]
-                tap = i * kw + j
-    y[n, c, oy, ox] = best
-    argmax[n, c, oy, ox] = tap
-
-
-def max_pool2d_forward(x, kernel, stride, padding):
-    """Returns (y, argmax) where argmax in [0, kh*kw) is the winning tap of each window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    y, argmax = _empty(x, (n, c, oh, ow), x.dtype), _empty(x, (n, c, oh, ow), np.int32)
-    _launch(_max_pool_kernel, y.size)(x, kh, kw, sh, sw, ph, pw, y, argmax)
-    return y, argmax
-
-
-@cuda.jit
-def _max_pool_backward_kernel(grad_out, argmax, kh, kw, sh, sw, ph, pw, dx):
-    """Thread (n, c, iy, ix): the sum of dy over the windows that (iy, ix) won."""
-    k = cuda.grid(1)
-    _, channels, h, w = dx.shape
-    if k >= dx.size:
-        return
-    n, c, iy, ix = _unravel4(k, channels, h, w)
-    oh, ow = grad_out.shape[2], grad_out.shape[3]
-    total = 0.0
-    for i in range(kh):
-        oy = _tap_output(iy, i, sh, ph, oh)
-        if oy < 0:
-            continue
-        for j in range(kw):
-            ox = _tap_output(ix, j, sw, pw, ow)
-            if ox >= 0 and argmax[n, c, oy, ox] == i * kw + j:
-                total += grad_out[n, c, oy, ox]
-    dx[n, c, iy, ix] = total
-
-
-def max_pool2d_backward(grad_out, argmax, x_shape, kernel, stride, padding):
-    """Route each output gradient to the input pixel that won its window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    dx = _empty(grad_out, tuple(x_shape), grad_out.dtype)
-    _launch(_max_pool_backward_kernel, dx.size)(grad_out, argmax, kh, kw, sh, sw, ph, pw, dx)
-    return dx
-
-
-@cuda.jit
-def _avg_pool_kernel(x, kh, kw, sh, sw, ph, pw, y):
-    """Thread (n, c, oy, ox): the sum of the window's inputs / (kh*kw); taps in the padding add 0 but still count."""
-    k = cuda.grid(1)
-    _, channels, oh, ow = y.shape
-    if k >= y.size:
-        return
-    n, c, oy, ox = _unravel4(k, channels, oh, ow)
-    total = 0.0
-    for i in range(kh):
-        iy = _tap_input(oy, i, sh, ph)
-        for j in range(kw):
-            ix = _tap_input(ox, j, sw, pw)
-            if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:
-                total += x[n, c, iy, ix]
-    y[n, c, oy, ox] = total / (kh * kw)
-
-
-def avg_pool2d_forward(x, kernel, stride, padding):
-    """Window mean; padded zeros count in the divisor (PyTorch's count_include_pad=True)."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    y = _empty(x, (n, c, oh, ow), x.dtype)
-    _launch(_avg_pool_kernel, y.size)(x, kh, kw, sh, sw, ph, pw, y)
-    return y
-
-
-@cuda.jit
-def _avg_pool_backward_kernel(grad_out, kh, kw, sh, sw, ph, pw, dx):
-    """Thread (n, c, iy, ix): the sum of dy / (kh*kw) over the windows that cover (iy, ix)."""
-    k = cuda.grid(1)
-    _, channels, h, w = dx.shape
-    if k >= dx.size:
-        return
-    n, c, iy, ix = _unravel4(k, channels, h, w)
-    oh, ow = grad_out.shape[2], grad_out.shape[3]
-    total = 0.0
-    for i in range(kh):
-        oy = _tap_output(iy, i, sh, ph, oh)
-        if oy < 0:
-            continue
-        for j in range(kw):
-            ox = _tap_output(ix, j, sw, pw, ow)
-            if ox >= 0:
-                total += grad_out[n, c, oy, ox]
-    dx[n, c, iy, ix] = total / (kh * kw)
-
-
-def avg_pool2d_backward(grad_out, x_shape, kernel, stride, padding):
-    """Spread each output gradient evenly over its window."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    dx = _empty(grad_out, tuple(x_shape), grad_out.dtype)
-    _launch(_avg_pool_backward_kernel, dx.size)(grad_out, kh, kw, sh, sw, ph, pw, dx)
     return dx

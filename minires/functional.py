@@ -398,13 +398,17 @@ class CrossEntropyFunction(Function):
 
     saved_inputs = (1,)  # the labels; the logits are read through the probabilities
 
-    def forward(self, logits, target, reduction):
+    def forward(self, logits, target, reduction, bad=None):
         xp = array_module(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         rows = xp.arange(logits.shape[0])
+        if bad is not None:  # device labels, maybe out of range (see check_labels): index in range, give NaN
+            target = target.clip(0, logits.shape[1] - 1)
         losses = -log_probs[rows, target]
-        self.probs, self.target, self.reduction = xp.exp(log_probs), target, reduction
+        if bad is not None:
+            losses = xp.where(bad, losses.dtype.type(np.nan), losses)
+        self.probs, self.target, self.reduction, self.bad = xp.exp(log_probs), target, reduction, bad
         if reduction == "none":
             return losses
         if reduction == "mean" and not losses.size:
@@ -416,6 +420,8 @@ class CrossEntropyFunction(Function):
         n = self.probs.shape[0]
         d = self.probs.copy()
         d[xp.arange(n), self.target] -= 1
+        if self.bad is not None:
+            d = xp.where(self.bad, d.dtype.type(np.nan), d)
         if self.reduction == "none":
             return d * grad[:, None], None
         scale = grad if self.reduction == "sum" else grad / grad.dtype.type(max(n, 1))
@@ -435,7 +441,53 @@ def cross_entropy(logits, target, reduction="mean"):
                          f"target {target.shape}", op="cross_entropy")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if target.size and (int(target.data.min()) < 0 or int(target.data.max()) >= logits.shape[1]):
-        raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
-                         f"min {int(target.data.min())} and max {int(target.data.max())}")
-    return CrossEntropyFunction.apply(logits, target, reduction=reduction)
+    bad = _check_labels(target.data, logits.shape[1]) if target.size else None
+    return CrossEntropyFunction.apply(logits, target, reduction=reduction, bad=bad)
+
+
+# (number of classes, device id) -> (smallest, largest) device label since the last check_labels(), on the device
+_pending_labels = {}
+
+
+def _label_error(classes, low, high):
+    return ValueError(f"cross_entropy: labels must lie in [0, {classes}), got min {low} and max {high}")
+
+
+def _check_labels(labels, classes):
+    """Check that class labels lie in [0, classes): host labels now, device labels on their device.
+
+    Reading a NumPy array costs nothing, so host labels raise here. Reading a GPU array makes the host
+    wait for the GPU, so a device batch's smallest and largest labels stay on the device, folded into
+    ``_pending_labels`` until ``check_labels()`` reads them; the returned device flag turns that batch's
+    loss and gradient into NaN meanwhile. Returns None for host labels.
+    """
+    if isinstance(labels, np.ndarray):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise _label_error(classes, low, high)
+        return None
+    xp = array_module(labels)
+    low, high = labels.min(), labels.max()
+    bad = (low < 0) | (high >= classes)
+    key = (classes, getattr(getattr(labels, "device", None), "id", None))
+    if key in _pending_labels:
+        old_low, old_high = _pending_labels[key]
+        low, high = xp.minimum(low, old_low), xp.maximum(high, old_high)
+    _pending_labels[key] = (low, high)
+    return bad
+
+
+def check_labels():
+    """Raise the ValueError that ``cross_entropy`` defers for labels on a GPU, if any was out of range.
+
+    GPU labels are checked on the GPU, so a training step never waits for it; this reads those checks
+    (one wait), for every ``cross_entropy`` call since the last ``check_labels()``. Until then a batch
+    with a bad label has a NaN loss and NaN gradients. The training loop calls it whenever it reads its
+    metrics; code that trains on a GPU by hand can call it as often as it reads its loss.
+    """
+    pending = dict(_pending_labels)
+    _pending_labels.clear()
+    for (classes, _), (low, high) in pending.items():
+        low, high = int(low), int(high)
+        if low < 0 or high >= classes:
+            raise _label_error(classes, low, high)

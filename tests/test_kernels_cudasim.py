@@ -35,8 +35,9 @@ def needs(*names):
         pytest.skip(f"removed from this student copy: {', '.join(gone)}")
 
 SHAPE = (2, 2, 5, 5)  # N, C, H, W
-# (kernel, stride, padding): a padded 3x3, a strided 2x2, and an uneven window with uneven stride
-WINDOWS = [((3, 3), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1))]
+# (kernel, stride, padding): a padded 3x3, a strided 2x2, an uneven window with uneven stride, and a 1x1
+# (a convolution that is a GEMM alone)
+WINDOWS = [((3, 3), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1)), ((1, 1), (1, 1), (0, 0))]
 
 
 def close(got, want, rtol=1e-5, atol=1e-5):
@@ -88,15 +89,17 @@ def test_residual_add(rng, relu):
     close(got[1], want[1])  # into the shortcut
 
 
-def test_batch_norm(rng):
+@pytest.mark.parametrize("shape", [SHAPE, (3, 2, 9, 7)])  # one part per channel, and several (see _parts)
+def test_batch_norm(rng, shape):
     needs("batch_norm_stats", "_bn_stats_kernel", "batch_norm_forward", "_channel_affine_kernel",
           "batch_norm_grad_sums", "_bn_grad_sums_kernel", "batch_norm_backward_input", "_bn_backward_dx_kernel")
-    x, grad = normal(rng, SHAPE) + np.float32(50), normal(rng, SHAPE)
+    x, grad = normal(rng, shape) + np.float32(50), normal(rng, shape)
+    assert shape == SHAPE or gpu._parts(shape[1], shape[0] * shape[2] * shape[3]) > 1
     for got, want in zip(gpu.batch_norm_stats(x), ref.batch_norm_stats(x)):
         close(got, want, rtol=1e-4)
     mean, var = ref.batch_norm_stats(x)
     invstd = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
-    scale, shift = invstd * normal(rng, SHAPE[1]), normal(rng, SHAPE[1])
+    scale, shift = invstd * normal(rng, shape[1]), normal(rng, shape[1])
     close(gpu.batch_norm_forward(x, scale, shift), ref.batch_norm_forward(x, scale, shift))
     got, want = gpu.batch_norm_grad_sums(grad, x, mean, invstd), ref.batch_norm_grad_sums(grad, x, mean, invstd)
     assert len(got) == 2

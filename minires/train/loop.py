@@ -58,19 +58,24 @@ def _quiet(*args, **kwargs):
     pass
 
 
+_READ_EVERY = 20  # steps between reads of the running loss and accuracy with a progress bar (a read waits for a GPU)
+_HOST = (np.ndarray, np.generic, float, int)  # numbers that cost nothing to read (a GPU array makes the host wait)
+
+
 def _eval_totals(model, loader, batches):
     """[summed cross-entropy, correct predictions, images] of ``model`` in eval mode over ``batches(loader)``."""
     model.eval()
-    totals = np.zeros(3)
+    loss, correct, seen = 0.0, 0, 0  # the sums stay on the model's device until the end (no wait per batch)
     with no_grad():
         for images, labels in batches(loader):
             n = labels.shape[0]
             if not n:  # this rank's part of a short batch can be empty (eval mode needs no other rank)
                 continue
             logits = model(images)
-            totals += (F.cross_entropy(logits, labels).item() * n,
-                       int((logits.data.argmax(axis=1) == labels.data).sum()), n)
-    return totals
+            loss, seen = loss + F.cross_entropy(logits, labels).data.astype(np.float64) * n, seen + n
+            correct = correct + (logits.data.argmax(axis=1) == labels.data).sum()
+    F.check_labels()
+    return np.array([float(loss), int(correct), seen], dtype=np.float64)
 
 
 def _means(totals, loader):
@@ -276,16 +281,17 @@ class Run:
     def _loss(self, logits, labels):
         """(the loss to differentiate, the global batch's mean loss, its images, its correct predictions).
 
+        In one process the mean loss (float64) and the count stay on the model's device (see ``_read``).
         Under mpiexec: this rank's summed loss times N / (images in the global batch), whose gradient
         averaged over the N ranks (DDP) is that of the global batch's mean loss; the numbers are summed
         over the ranks, so every rank checks the same loss for divergence.
         """
-        hits = int((logits.data.argmax(axis=1) == labels.data).sum())
+        hits = (logits.data.argmax(axis=1) == labels.data).sum()
         if self.world == 1:
             loss = F.cross_entropy(logits, labels)
-            return loss, loss.item(), labels.shape[0], hits
+            return loss, loss.data.astype(np.float64), labels.shape[0], hits
         local = F.cross_entropy(logits, labels, reduction="sum")
-        totals = distributed.all_reduce(np.array([local.item(), hits, labels.shape[0]], dtype=np.float64))
+        totals = distributed.all_reduce(np.array([local.item(), int(hits), labels.shape[0]], dtype=np.float64))
         n = int(totals[2])
         return local * (self.world / n), float(totals[0]) / n, n, int(totals[1])
 
@@ -296,21 +302,21 @@ class Run:
         bar = self._batches(self.train_loader, f"epoch {self.epoch + 1}/{self.config.epochs} train")
         for step, (images, labels) in enumerate(bar, 1):
             logits = net(images)
-            loss, value, n, hits = self._loss(logits, labels)  # value: one number a step, the divergence check
-            if not math.isfinite(value):
-                raise self._diverged(f"the training loss is {value}", step)
+            loss, value, n, hits = self._loss(logits, labels)  # value: the batch's mean loss, on its device
+            if isinstance(value, _HOST) and not math.isfinite(value):  # free to read: checked every step
+                raise self._diverged(f"the training loss is {float(value)}", step)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            total_loss += value * n
-            correct += hits
-            seen += n
-            if self.progress:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+            total_loss, correct, seen = total_loss + value * n, correct + hits, seen + n  # read by _read only
+            if self.progress and (step % _READ_EVERY == 0 or isinstance(value, _HOST)):
+                so_far, hits_so_far = self._read(total_loss, correct, step)
+                bar.set_postfix(loss=f"{so_far / seen:.4f}", acc=f"{hits_so_far / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
         if not seen:
             raise self._alike(ValueError(f"the training loader yields no batches: {self.train_loader!r}"))
+        total_loss, correct = self._read(total_loss, correct, step)
         if self.world > 1:  # rank 0's running statistics (those the checkpoint holds) become every rank's
             for b in self.model.buffers():
                 if b is not None:
@@ -320,6 +326,15 @@ class Run:
             raise self._diverged(f"its update left NaN or infinite values in {len(bad)} arrays (first {bad[0]})",
                                  step)
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
+
+    def _read(self, total_loss, correct, step):
+        """The running sums as host numbers, the loop's one wait for a GPU (every _READ_EVERY steps with a
+        progress bar, else once an epoch); raises GPU labels out of range (F.check_labels), a non-finite loss."""
+        F.check_labels()
+        total_loss, correct = float(total_loss), int(correct)
+        if not math.isfinite(total_loss):
+            raise self._diverged(f"the training loss summed over its steps so far is {total_loss}", step)
+        return total_loss, correct
 
     def evaluate(self, loader=None):
         """(mean loss, accuracy) of the model in eval mode on ``loader`` (the test set by default).
