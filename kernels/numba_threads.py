@@ -15,11 +15,14 @@ same loop body compiled plainly; the direct route's first use would have
 spent over 20 s compiling.
 """
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
 _pool = {"size": 0, "executor": None}
+# a forked child has the pool's record but not its threads: it starts a pool of its own
+os.register_at_fork(after_in_child=lambda: _pool.update(size=0, executor=None))
 
 
 def _executor(size):

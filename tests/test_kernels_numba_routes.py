@@ -244,3 +244,19 @@ def test_channels_last_max_pool_agrees_with_the_reference(window, ties, dtype):
     for g in (grad, channels_last(grad)):
         close(numba_cpu.max_pool2d_backward(g, argmax, shape, *window),
               ref.max_pool2d_backward(grad, want_argmax, shape, *window), dtype)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_kernel_threads_start_afresh_in_a_forked_child():
+    """A child forked after the kernel threads started gets threads of its own (it inherits none), not a hang."""
+    import os
+    f = channels_last(normal(0, (4, 16, 5, 6), np.float32))
+    want = numba_cpu.residual_add_forward(f, f, True)  # starts the pool here
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if np.array_equal(numba_cpu.residual_add_forward(f, f, True), want) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
