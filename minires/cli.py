@@ -94,6 +94,10 @@ def _train(args):
 def _check_eval(args):
     from .data import dataset_info
     from .train import checkpoint_path
+    from .train.options import cpu_kernels
+    if args.kernels is not None and args.kernels not in cpu_kernels():
+        raise UsageError(f"--kernels {args.kernels!r}: minires eval runs on the CPU; choose one of "
+                         f"{', '.join(cpu_kernels())}")
     checkpoint_path(args.checkpoint)
     if args.data is not None:
         try:
@@ -103,9 +107,10 @@ def _check_eval(args):
 
 
 def _eval(args):
-    from .train import evaluate_checkpoint
-    loss, acc, data = evaluate_checkpoint(args.checkpoint, data=args.data, data_root=args.data_root)
-    print(f"{data} test set: loss {loss:.4f}, accuracy {100 * acc:.2f}%")
+    from .train import checkpoint_report
+    r = checkpoint_report(args.checkpoint, data=args.data, data_root=args.data_root, kernels=args.kernels)
+    print(f"{r['data']} test set (kernels {r['kernels']}, {r['kernels_why']}; the run trained with "
+          f"{r['trained_kernels']}): loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}%")
 
 
 def _check_experiment(args):
@@ -192,7 +197,10 @@ def build_parser():
     p.add_argument("--warmup-epochs", type=int, help="epochs at lr/10 first, as the paper did for ResNet-110")
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seed", type=int)
-    p.add_argument("--kernels", help="kernel backend: numpy (default), numba; on a GPU cupy (default) or numba-cuda")
+    p.add_argument("--kernels", help="kernel backend: auto (default: numba when it is installed and loads, else "
+                                     "numpy; numpy in a student copy), numpy (the readable reference), numba; on a GPU "
+                                     "auto is cupy when it is available, else numba-cuda. MINIRES_KERNELS sets the "
+                                     "default; the header and config.json say which ran")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="parent folder of the run folder (default ./runs)")
     p.add_argument("--resume", help="a run folder or checkpoint.npz to continue, with the same or another number "
@@ -212,6 +220,8 @@ def build_parser():
     p.add_argument("checkpoint")
     p.add_argument("--data", help="evaluate on another dataset with the same channels and classes")
     p.add_argument("--data-root")
+    p.add_argument("--kernels", help="CPU kernel backend: auto (default: numba when it loads, else numpy), numpy "
+                                     "or numba; the line printed says which ran")
     p.set_defaults(check=_check_eval, run=_eval)
     _add_mirror_option(p)
 

@@ -5,16 +5,29 @@ it reached a handed-out exercise's ``raise NotImplementedError("<id>: ...")``
 is reported as skipped, naming the exercise: an unsolved copy fails only its
 exercise tests, and the same test runs for real once the exercise is solved.
 
+The suite checks the library against its reference, so it runs on the NumPy
+kernels: ``MINIRES_KERNELS=numpy`` is set here, before any test imports
+minires, so that the registry's default (what ``kernels.reset()`` comes back
+to) and every child process a test starts use the reference. Tests of another
+backend force it (``use_kernels("numba")``); tests of the automatic choice
+("auto": numba when it loads, numpy in a student copy or without Numba) clear
+the variable in the process they start (``tests/test_kernels_default.py``).
+
 Hypothesis runs under the "minires" profile by default (no deadline: the
 first call of an op may import or warm caches; a modest number of examples
 so the suite stays fast on two cores). Choose another with
 ``HYPOTHESIS_PROFILE=thorough pytest ...`` for a longer search.
 """
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+os.environ["MINIRES_KERNELS"] = "numpy"  # the reference, for this process and its children (see above)
+if "minires.kernels" in sys.modules:  # imported before this file (a plugin?): pin it there too
+    sys.modules["minires.kernels"]._read_environment()
 
 try:
     from hypothesis import HealthCheck, settings

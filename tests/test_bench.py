@@ -18,7 +18,8 @@ from minires.bench import worker
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 FIELDS = {"workload", "framework", "backend", "device", "batch_size", "threads", "warmup", "repeat", "ms", "times_ms",
-          "images_per_s", "flop", "gflop_per_s", "peak_mib", "blas", "time_ratio_vs_torch", "memory_ratio_vs_torch"}
+          "images_per_s", "flop", "gflop_per_s", "peak_mib", "blas", "time_ratio_vs_torch", "memory_ratio_vs_torch",
+          "sgemm_peak", "fraction_of_sgemm_peak"}
 
 
 def resnet20_macs(side=32):
@@ -47,6 +48,7 @@ def check_records(records, workload, batch, forward_passes, rounds=1, backends=(
         assert r["ms"] > 0 and r["peak_mib"] >= 0
         assert r["gflop_per_s"] == pytest.approx(r["flop"] / r["ms"] / 1e6)
         assert r["images_per_s"] == pytest.approx(batch / r["ms"] * 1e3)
+    check_peak(records, device)
     minires_records = [r for r in records if r["framework"] == "minires"]
     assert [r["backend"] for r in minires_records] == list(backends)
     torch_records = [r for r in records if r["framework"] == "torch"]
@@ -58,6 +60,17 @@ def check_records(records, workload, batch, forward_passes, rounds=1, backends=(
         assert mine["time_ratio_vs_torch"] == pytest.approx(mine["ms"] / reference["ms"])
         if reference["peak_mib"] > 0:
             assert mine["memory_ratio_vs_torch"] == pytest.approx(mine["peak_mib"] / reference["peak_mib"])
+
+
+def check_peak(records, device="cpu"):
+    """One sgemm peak for the whole run, the best of its two measurements; every record's share of it."""
+    peak = records[0]["sgemm_peak"]
+    assert all(r["sgemm_peak"] == peak for r in records), "one peak for every record of a run"
+    assert peak["gflop_per_s"] > 0 and peak["size"] == bench.peak.sgemm_size(device, quick=True)
+    assert peak["gflop_per_s"] == max(peak["start_gflop_per_s"], peak["end_gflop_per_s"])
+    assert peak["repeat"] == bench.peak.QUICK_REPEAT
+    for r in records:
+        assert r["fraction_of_sgemm_peak"] == pytest.approx(r["gflop_per_s"] / peak["gflop_per_s"])
 
 
 def test_resnet20_multiply_adds_match_the_formula():
@@ -87,13 +100,49 @@ def test_quick_run_through_the_command_line(capsys):
     check_records(json.loads(capsys.readouterr().out), "resnet20_eval", 2, forward_passes=1)
 
 
+def test_the_table_shows_each_share_of_the_sgemm_peak(capsys):
+    """The heading names the peak and how it was measured; the table's "% sgemm" is 100 x the record's fraction."""
+    assert cli.main(["bench", "--quick", "--workloads", "conv_fwd_3to16_32px", "--backend", "numpy",
+                     "--batch-size", "2", "--threads", "1", "--no-torch"]) == 0
+    captured = capsys.readouterr()
+    heading, header, _, row = captured.out.strip().splitlines()
+    assert "% sgemm = GFLOP/s as a percentage of the sgemm peak " in heading
+    assert "NumPy's BLAS, 1 thread, 1024x1024 float32" in heading and "at the start of the run" in heading
+    assert header.split()[6:8] == ["%", "sgemm"]
+    values = row.split()
+    gflops, percent = float(values[5]), float(values[6])
+    peak = float(heading.split("the sgemm peak ")[1].split()[0])
+    assert percent == pytest.approx(100 * gflops / peak, abs=0.1 + 100 * 0.01 / peak)
+    assert sum(line.startswith("bench: sgemm 1024x1024") for line in captured.err.splitlines()) == 2, \
+        "measured at the start and at the end"
+
+
+def test_the_sgemm_child_times_one_product_on_the_threads_given():
+    answer = worker.measure({"framework": "sgemm", "backend": "blas", "workload": "sgemm", "device": "cpu",
+                             "size": 64, "repeat": 2, "threads": 1})
+    assert len(answer["times_s"]) == 2 and all(t > 0 for t in answer["times_s"])
+    assert answer["blas"].count("(") == answer["blas"].count("1 thread)") > 0, answer["blas"]
+
+
+def test_the_peak_of_a_run_is_the_best_of_its_two_measurements():
+    first = {"gflop_per_s": 80.0, "size": 2048, "repeat": 10, "blas": "b"}
+    peak = bench.peak.combine(first, dict(first, gflop_per_s=120.0))
+    assert (peak["gflop_per_s"], peak["start_gflop_per_s"], peak["end_gflop_per_s"]) == (120.0, 80.0, 120.0)
+    records = [{"workload": "w", "backend": "numba", "batch_size": 1, "ms": 1.0, "images_per_s": 1.0,
+                "gflop_per_s": 45.0, "peak_mib": 0.0, "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None,
+                "fraction_of_sgemm_peak": 45.0 / 120.0}]
+    assert bench.format_table(records).splitlines()[2].split()[6] == "37.5"
+    assert "sgemm peak 120.0 GFLOP/s (NumPy's BLAS, 2 threads, 2048x2048" in bench.peak.describe(peak, 2)
+
+
 def test_rounds_pool_every_round_of_every_framework(capsys):
     """--rounds 2: each framework is measured twice, taking turns, and the record holds all the timed runs."""
     assert cli.main(["bench", "--quick", "--workloads", "resnet20_eval", "--backend", "numpy", "--batch-size", "2",
                      "--threads", "1", "--rounds", "2", "--json"]) == 0
     captured = capsys.readouterr()
     check_records(json.loads(captured.out), "resnet20_eval", 2, forward_passes=1, rounds=2)
-    turns = [line.split()[2] for line in captured.err.splitlines() if line.startswith("bench: ")]
+    turns = [line.split()[2] for line in captured.err.splitlines()
+             if line.startswith("bench: ") and not line.startswith("bench: sgemm")]
     frameworks = ["numpy", "torch"] if HAS_TORCH else ["numpy"]
     assert turns == frameworks * 2, f"expected the frameworks to take turns, got {turns}"
 

@@ -1,6 +1,8 @@
 """What ``minires bench`` prints: a heading that says where and how it measured, and the records as a table."""
 import os
 
+from .peak import describe as describe_peak
+
 
 def describe_gpu():
     """The GPU minires runs on, with the CuPy and CUDA versions (asks CuPy; call only when a GPU is usable)."""
@@ -22,20 +24,29 @@ def format_heading(records, device, started, load):
     else:
         where = f"threads {first['threads']} (of {os.cpu_count()} CPUs), BLAS {first.get('blas')}"
         memory = "peak MiB = peak RSS above the child's after-setup baseline"
+    peak = first.get("sgemm_peak")
+    peak = f"; % sgemm = GFLOP/s as a percentage of the {describe_peak(peak, first['threads'], device)}" if peak else ""
     return (f"minires bench, {started:%Y-%m-%d %H:%M %Z}: {where}, load average {load:.2f} at the start and "
-            f"{os.getloadavg()[0]:.2f} at the end; ms = median of the timed runs after warm-up{rounds}; {memory}")
+            f"{os.getloadavg()[0]:.2f} at the end; ms = median of the timed runs after warm-up{rounds}; {memory}{peak}")
 
 
 def format_table(records):
-    """The records as an aligned text table; ratios are minires/PyTorch (above 1: minires is slower or bigger)."""
-    headers = ("workload", "backend", "batch", "ms", "img/s", "GFLOP/s", "peak MiB", "time/torch", "mem/torch")
+    """The records as an aligned text table: ratios are minires/PyTorch (above 1: minires is slower or bigger).
+
+    "% sgemm" is GFLOP/s as a percentage of the machine's sgemm peak measured in the same run (``peak``).
+    """
+    headers = ("workload", "backend", "batch", "ms", "img/s", "GFLOP/s", "% sgemm", "peak MiB", "time/torch",
+               "mem/torch")
 
     def ratio(value):
         return "--" if value is None else f"{value:.2f}"
 
+    def percent(value):
+        return "--" if value is None else f"{100 * value:.1f}"
+
     rows = [(r["workload"], r["backend"], str(r["batch_size"]), f"{r['ms']:.2f}", f"{r['images_per_s']:.1f}",
-             f"{r['gflop_per_s']:.2f}", f"{r['peak_mib']:.1f}", ratio(r["time_ratio_vs_torch"]),
-             ratio(r["memory_ratio_vs_torch"])) for r in records]
+             f"{r['gflop_per_s']:.2f}", percent(r.get("fraction_of_sgemm_peak")), f"{r['peak_mib']:.1f}",
+             ratio(r["time_ratio_vs_torch"]), ratio(r["memory_ratio_vs_torch"])) for r in records]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
 
     def line(values):

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import statistics
 
+from .peak import combine, measure_sgemm
 from .worker import measure
 from .workloads import QUICK_REPEAT, QUICK_WARMUP, macs_per_image, resolve_workloads
 
@@ -56,7 +57,8 @@ def _record(workload, framework, backend, device, batch, threads, warmup, answer
             "ms": ms, "times_ms": [1e3 * t for t in answer["times_s"]],
             "images_per_s": batch / (ms / 1e3), "flop": flop, "gflop_per_s": flop / (ms / 1e3) / 1e9,
             "peak_mib": answer["peak_kib"] / 1024, "blas": answer.get("blas"),
-            "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None}
+            "time_ratio_vs_torch": None, "memory_ratio_vs_torch": None,
+            "sgemm_peak": None, "fraction_of_sgemm_peak": None}
 
 
 COUNTS = (("batch_size", 1), ("threads", 1), ("repeat", 1), ("warmup", 0), ("rounds", 1))  # (option, minimum)
@@ -79,14 +81,16 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
     a file that gets a line per measurement as it finishes. With ``rounds`` > 1 every framework of a workload
     is measured that many times, taking turns (a fresh process each time), and the times of all rounds are
     pooled: load that comes and goes then falls on every framework alike, so the ratios hold up better on a
-    busy machine. The peak memory is the largest of the rounds'.
+    busy machine. The peak memory is the largest of the rounds'. The machine's sgemm peak (``peak``) is
+    measured before the first workload and after the last; every record holds it and its GFLOP/s as a
+    fraction of it.
     """
     device = check_device(device)
     chosen, backends = resolve_workloads(workloads), resolve_backends(backends, device)
     check_counts(dict(batch_size=batch_size, threads=threads, repeat=repeat, warmup=warmup, rounds=rounds))
     threads = threads or os.cpu_count() or 1
     frameworks = [("minires", b) for b in backends] + ([("torch", "torch")] if torch and torch_available() else [])
-    records = []
+    records, first_peak = [], _peak(threads, device, quick, log)
     for workload in chosen:
         batch = batch_size or (workload.quick_batch if quick else workload.batch)
         spec = {"workload": workload.name, "batch": batch, "threads": threads, "device": device,
@@ -114,4 +118,17 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                 if reference["peak_mib"] > 0:
                     r["memory_ratio_vs_torch"] = r["peak_mib"] / reference["peak_mib"]
         records += group
+    peak = combine(first_peak, _peak(threads, device, quick, log))
+    for r in records:
+        r["sgemm_peak"] = peak
+        r["fraction_of_sgemm_peak"] = r["gflop_per_s"] / peak["gflop_per_s"]
     return records
+
+
+def _peak(threads, device, quick, log):
+    """The sgemm peak measured now (``peak.measure_sgemm``), with a line in the log."""
+    peak = measure_sgemm(threads, device, quick)
+    if log is not None:
+        print(f"bench: sgemm {peak['size']}x{peak['size']} float32   {peak['gflop_per_s']:10.1f} GFLOP/s", file=log,
+              flush=True)
+    return peak

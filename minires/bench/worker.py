@@ -1,6 +1,6 @@
 """One measurement in a fresh process: the parent starts ``python -m minires.bench --worker SPEC``, the child times.
 
-``SPEC`` is a JSON object: framework ("minires" or "torch"), backend, workload,
+``SPEC`` is a JSON object: framework ("minires", "torch", or "sgemm" for the peak), backend, workload,
 device, batch, threads, warmup, repeat (and ``ranks`` when ``mpiexec`` started
 it for ``--ranks``: see ``ranks``). The child answers with one JSON line on
 stdout: the timed runs' seconds, the peak memory in KiB and the BLAS that ran.
@@ -134,6 +134,9 @@ def main(argv=None):
     if "ranks" in spec:  # one of the ranks mpiexec started for ``--ranks``: only rank 0 answers
         from .ranks import run_on_ranks
         answer = run_on_ranks(spec)
+    elif spec["framework"] == "sgemm":  # the machine's matrix-multiply peak (see peak)
+        from .peak import run_sgemm
+        answer = run_sgemm(spec)
     else:
         answer = run(spec)
     if answer is not None:

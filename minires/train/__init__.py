@@ -25,9 +25,10 @@ ranks; with ``sync_bn`` the N ranks take the steps of one process.
 """
 from .folder import CHECKPOINT, METRICS, RUN_FILES, CheckpointError, TrainingDiverged, checkpoint_path, \
     plot_curves, read_checkpoint
-from .loop import Run, build_model, evaluate_checkpoint, train
+from .loop import Run, build_model, checkpoint_report, evaluate_checkpoint, train
 from .options import RESUMABLE, ConfigError, ConfigTypeError, TrainConfig
 
 __all__ = ["CHECKPOINT", "METRICS", "RESUMABLE", "RUN_FILES", "CheckpointError", "ConfigError", "ConfigTypeError",
-           "Run", "TrainConfig", "TrainingDiverged", "build_model", "checkpoint_path", "evaluate_checkpoint",
+           "Run", "TrainConfig", "TrainingDiverged", "build_model", "checkpoint_path", "checkpoint_report",
+           "evaluate_checkpoint",
            "plot_curves", "read_checkpoint", "train"]

@@ -11,6 +11,7 @@ are reduced over the ranks, so every rank holds what one process would print; ra
 writes the run folder. The ranks pass from one collective to the next only through points where they
 agree on errors (``ranks.agree``), so a failure that every rank meets stops every rank alike.
 """
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from ..data import DataLoader, get_dataset
 from .folder import (CHECKPOINT, META_KEY, RUN_FILES, CheckpointError, TrainingDiverged, checkpoint_path,
                      non_finite, read_checkpoint, save_figure, save_finite, write_atomic,
                      write_metrics)
-from .options import ConfigError, TrainConfig, check_world, flag, resumed_config, saved_config, with_overrides
+from .options import (ConfigError, TrainConfig, check_world, choose_kernels, cpu_kernels, flag, resumed_config,
+                      saved_config, with_overrides)
 from .ranks import agree, check_same_run, on_every_rank
 
 # per dataset: the augmentation of the training set (pad-and-crop; flips where images allow them)
@@ -114,10 +116,12 @@ class Run:
         """Data, model, optimiser and schedule: this rank's own work, no collective."""
         config.check()  # also the options changed since the config was built
         check_world(config, self.world)
-        self.config, self.progress = config, progress and self.rank == 0
+        self.progress = progress and self.rank == 0
         keep_freed_memory()  # every step frees and reallocates the same arrays: keep them (see backend)
-        _kernels.use(config.kernels)
         self.device = normalize_device(config.device)
+        ran, self.kernels_why = choose_kernels(config.kernels, self.device, " (a resumed run keeps the kernels "
+                                                "it ran with: give --kernels numpy or --kernels auto to choose again)")
+        self.config = config = dataclasses.replace(config, kernels=ran)  # config.json records what ran
         _rng.manual_seed(config.seed)
         train_set = get_dataset(config.data, root=config.data_root, train=True, download=config.download)
         test_set = get_dataset(config.data, root=config.data_root, train=False, download=config.download)
@@ -167,6 +171,16 @@ class Run:
                 self.ddp = nn.DistributedDataParallel(self.model, broadcast_buffers=not self.config.sync_bn)
             except ValueError as exc:  # it compares the parameters on every rank
                 raise on_every_rank(exc) from None
+
+    def header(self):
+        """One line on what the run trains, where, and with which kernels (and why those)."""
+        c = self.config
+        ranks = f" on {self.world} ranks" if self.world > 1 else ""
+        hint = "; --kernels numpy runs the NumPy reference" \
+            if c.kernels != "numpy" and self.device == "cpu" and not self.kernels_why.startswith("--") else ""
+        epochs = f"{c.epochs} epoch{'' if c.epochs == 1 else 's'}"
+        return (f"training {c.model} on {c.data}: {epochs} of batch {c.batch_size} on {self.device}{ranks}, "
+                f"kernels {c.kernels} ({self.kernels_why}{hint})")
 
     def _on_rank0(self, write):
         """``write()`` on rank 0 alone, the rank that writes the folder; a failure is raised on every rank."""
@@ -422,16 +436,32 @@ def train(config=None, resume=None, progress=True, log=print, **overrides):
         path, meta, model_state, opt_state, config = agree(read)
         run = Run(config, folder=os.path.dirname(os.path.abspath(path)), progress=progress)
         agree(lambda: run._resume(path, meta, model_state, opt_state))
+        log(run.header())
         log(f"resuming {run.folder} after epoch {run.epoch}")
     else:
         run = Run(agree(lambda: with_overrides(config or TrainConfig(), overrides)), progress=progress)
+        log(run.header())
         log(f"run folder: {run.folder}")
     run.fit(log=log)
     return run
 
 
-def evaluate_checkpoint(path, data=None, data_root=None, progress=False):
-    """(loss, accuracy, dataset name) of a checkpoint or a run folder on its (or another) test set."""
+def evaluate_checkpoint(path, data=None, data_root=None, progress=False, kernels=None):
+    """(loss, accuracy, dataset name) of a checkpoint or a run folder on its (or another) test set.
+
+    ``kernels`` forces a CPU backend for it ("auto" or None: the registry's choice); ``checkpoint_report``
+    says which ran, and which the run trained with.
+    """
+    report = checkpoint_report(path, data=data, data_root=data_root, kernels=kernels)
+    return report["loss"], report["accuracy"], report["data"]
+
+
+def checkpoint_report(path, data=None, data_root=None, kernels=None):
+    """``evaluate_checkpoint`` as a dict: loss, accuracy, data, kernels (that ran, and why), trained_kernels."""
+    kernels = kernels or _kernels.AUTO
+    if kernels not in cpu_kernels():
+        raise ValueError(f"evaluate: --kernels {kernels!r} is no CPU kernel backend, and evaluation runs on the "
+                         f"CPU; choose one of {', '.join(cpu_kernels())}")
     path = checkpoint_path(path)
     meta, model_state, _ = read_checkpoint(path)
     config = saved_config(path, meta)
@@ -448,4 +478,7 @@ def evaluate_checkpoint(path, data=None, data_root=None, progress=False):
         model.load_state_dict(model_state)
     except Exception as exc:
         raise CheckpointError(f"{path} does not fit {meta['model_name']}: {exc}") from None
-    return (*_evaluate(model, DataLoader(test_set, 256), lambda loader: loader), data)
+    ran, why = choose_kernels(kernels, "cpu")
+    loss, accuracy = _evaluate(model, DataLoader(test_set, 256), lambda loader: loader)
+    return {"loss": loss, "accuracy": accuracy, "data": data, "kernels": ran, "kernels_why": why,
+            "trained_kernels": config.kernels}

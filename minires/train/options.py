@@ -45,7 +45,7 @@ class TrainConfig:
     schedule: str = "cosine"          # "cosine", or "multistep" (divide by 10 at 50% and 75%)
     warmup_epochs: int = 0
     seed: int = 0
-    kernels: str = "numpy"
+    kernels: str = "auto"             # "auto": numba when it loads, else numpy; a run records what ran
     device: str = "cpu"
     out: str = "runs"
     data_root: str = None
@@ -100,10 +100,10 @@ class TrainConfig:
             device = normalize_device(self.device)
         except ValueError:
             raise ValueError(f"{own}: unknown device {self.device!r} (--device); use 'cpu' or 'cuda'") from None
-        if self.kernels not in _kernels.BACKENDS:
+        if self.kernels not in _kernels.CHOICES:
             raise ValueError(f"{own}: unknown kernel backend {self.kernels!r} (--kernels); choose one of "
-                             f"{', '.join(_kernels.BACKENDS)}")
-        if _kernels.BACKENDS[self.kernels][1] == "cuda" and device != "cuda":
+                             f"{', '.join(_kernels.CHOICES)}")
+        if self.kernels != _kernels.AUTO and _kernels.BACKENDS[self.kernels][1] == "cuda" and device != "cuda":
             raise ValueError(f"{own}: kernel backend {self.kernels!r} (--kernels) runs on a GPU; "
                              "add --device cuda")
         for name in ("out", "data_root"):
@@ -121,6 +121,27 @@ class TrainConfig:
     def from_json(cls, d):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def choose_kernels(name, device, why_unavailable=""):
+    """(the kernels that will serve ``device``'s arrays, why those) for ``--kernels name``.
+
+    "auto" leaves the registry's choice alone (``use_kernels``, ``MINIRES_KERNELS``, else numba when it
+    loads); a named backend is forced, and one that does not load here is an error that names ``--kernels``.
+    """
+    if name == _kernels.AUTO:
+        ran, why = _kernels.active(device), _kernels.why(device)
+        return ran, f"minires.use_kernels({ran!r})" if why.startswith("forced") else why
+    try:
+        _kernels.use(name)
+    except _kernels.BackendUnavailable as exc:
+        raise _kernels.BackendUnavailable(f"{flag('kernels')} {name!r}: {exc}{why_unavailable}") from None
+    return name, f"--kernels {name}"
+
+
+def cpu_kernels():
+    """The ``--kernels`` choices that run on the CPU: "auto", "numpy", "numba"."""
+    return [n for n in _kernels.CHOICES if n == _kernels.AUTO or _kernels.BACKENDS[n][1] == "cpu"]
 
 
 def check_world(config, world):
@@ -151,6 +172,13 @@ def saved_config(path, meta):
         raise CheckpointError(f"{path} holds invalid run options: {exc}") from None
 
 
+def _device(name):
+    try:
+        return normalize_device(name)
+    except (ValueError, TypeError):
+        return name  # TrainConfig's check names it
+
+
 def resumed_config(path, meta, overrides):
     """The options of the run ``path`` continues, with ``overrides``; a conflicting option is a ``ConfigError``."""
     saved = saved_config(path, meta)
@@ -160,6 +188,8 @@ def resumed_config(path, meta, overrides):
         raise ConfigError(f"--resume continues {os.path.dirname(os.path.abspath(path))} with the options it "
                           f"started with, and these differ from them: {'; '.join(conflicts)}. Leave them out (only "
                           "--epochs, --kernels, --device, --data-root and --sync-bn may change), or start a new run")
+    if "device" in overrides and "kernels" not in overrides and _device(overrides["device"]) != _device(saved.device):
+        overrides = dict(overrides, kernels=_kernels.AUTO)  # the kernels it recorded ran on the other device
     config = with_overrides(saved, overrides)
     if config.epochs < meta["epoch"]:
         raise ConfigError(f"{flag('epochs')} {config.epochs} is fewer than the {meta['epoch']} epochs the run "
