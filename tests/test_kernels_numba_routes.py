@@ -175,6 +175,16 @@ def test_channels_last_batch_norm_agrees_with_the_reference(dtype, mixed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("first", [0.0, 1e4])  # the one-pass sums shift by the first pixel: also when it is far off
+def test_channels_last_batch_norm_statistics_of_a_large_mean(dtype, first):
+    x = normal(0, (6, 5, 7, 3), np.float64) + 1e3
+    x[0, :, 0, 0] += first
+    got = numba_cpu.batch_norm_stats(channels_last(x.astype(dtype)))
+    for g, want in zip(got, ref.batch_norm_stats(x)):
+        np.testing.assert_allclose(g, want.astype(dtype), rtol=1e-5 if dtype == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shortcut_layout", ["channels_last", "nchw"])  # option A's padded shortcut is NCHW
 def test_channels_last_residual_add_agrees_with_the_reference(dtype, relu, shortcut_layout):
