@@ -176,29 +176,39 @@ def _fill(x, last, b, sh, sw, ph, z, gp, plane, cs, xs):
 
 
 @njit(cache=True)
+def _grid_rows(a, a_start, a_step, b, b_start, b_step, rows, run, pixels, width, to_b):
+    """Copy ``rows`` rows of ``pixels`` pixels between flat a and b, ``width`` numbers of each (a's pixels ``run``
+    numbers apart, b's ``width``): from a to b when ``to_b``, else back. A row is one copy when run == width."""
+    for r in range(rows):
+        i, j = a_start + r * a_step, b_start + r * b_step
+        if run == width:
+            src, dst = (a[i:i + pixels * width], b[j:j + pixels * width]) if to_b else \
+                (b[j:j + pixels * width], a[i:i + pixels * width])
+            for k in range(pixels * width):
+                dst[k] = src[k]
+            continue
+        for m in range(pixels):
+            src, dst = (a[i + m * run:i + m * run + width], b[j + m * width:j + (m + 1) * width]) if to_b else \
+                (b[j + m * width:j + (m + 1) * width], a[i + m * run:i + m * run + width])
+            for k in range(width):
+                dst[k] = src[k]
+
+
+@njit(cache=True)
 def _from_grid(g, gp, lanes, y):
     """y (OH, OW, O) = the grid's valid positions: y[oy, ox] = g[(oy*gp + ox)*lanes : + O]."""
     oh, ow, o = y.shape
-    for oy in range(oh):
-        for ox in range(ow):
-            src, dst = g[(oy * gp + ox) * lanes:(oy * gp + ox) * lanes + o], y[oy, ox]
-            for k in range(o):
-                dst[k] = src[k]
+    _grid_rows(g, 0, gp * lanes, y.reshape(-1), 0, ow * o, oh, lanes, ow, o, True)
 
 
 @njit(cache=True)
 def _to_grid(dy, last, b, gp, lanes, g):
     """Sample b of dy (NHWC when ``last``, else NCHW) onto the grid g; the dropped positions stay 0."""
+    d = dy[b]
     if last:
-        d = dy[b]
         oh, ow, o = d.shape
-        for oy in range(oh):
-            for ox in range(ow):
-                src, dst = d[oy, ox], g[(oy * gp + ox) * lanes:(oy * gp + ox) * lanes + o]
-                for k in range(o):
-                    dst[k] = src[k]
+        _grid_rows(g, 0, gp * lanes, d.reshape(-1), 0, ow * o, oh, lanes, ow, o, False)
     else:
-        d = dy[b]
         o, oh, ow = d.shape
         for oy in range(oh):
             _transpose(d[:, oy, :], g[oy * gp * lanes:(oy * gp + ow) * lanes].reshape(ow, lanes)[:, :o])
