@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _index, numba_nhwc
 from .numba_blas import CBLAS, blas_threads, gemm
@@ -133,12 +133,12 @@ def _unrows(rows, kh, kw, sh, sw, oh, ow, xp):
                 _add_into(flat[start:start + run], row[i * run:(i + 1) * run])
 
 
-@njit(parallel=True, cache=True)
-def _rows_forward(blas, x, last, wt, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, yt, y):
+@njit(nogil=True, cache=True)
+def _rows_forward(chunk, first, stop, worker, blas, x, last, wt, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, yt, y):
     """y[n] = rows(x[n]) @ W^T (into NHWC y as it lies, else transposed), sample by sample, in thread t's scratch."""
     o = wt.shape[1]
-    for b in prange(y.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         _to_hwc(x, last, b, ph, pw, xp[t])
         _rows(xp[t], kh, kw, sh, sw, oh, ow, rows[t])
         if last:
@@ -148,11 +148,12 @@ def _rows_forward(blas, x, last, wt, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, y
             _transpose(yt[t], y[b].reshape(o, -1))
 
 
-@njit(parallel=True, cache=True)
-def _rows_backward_input(blas, dy, last, w2, kh, kw, sh, sw, ph, pw, oh, ow, dxp, drows, dx):
+@njit(nogil=True, cache=True)
+def _rows_backward_input(chunk, first, stop, worker, blas, dy, last, w2, kh, kw, sh, sw, ph, pw, oh, ow, dxp, drows,
+                         dx):
     """dx[n] = unrows(dy[n]^T @ W), sample by sample; thread t works in its scratch drows[t] and dxp[t]."""
-    for b in prange(dx.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         if last:  # dy[n] as its (P, O) pixel-major matrix
             gemm(blas, dy[b].reshape(-1, w2.shape[0]), w2, drows[t], False)  # (P, O) @ (O, K)
         else:
@@ -161,20 +162,21 @@ def _rows_backward_input(blas, dy, last, w2, kh, kw, sh, sw, ph, pw, oh, ow, dxp
         _from_hwc(dxp[t], ph, pw, last, dx, b)
 
 
-@njit(parallel=True, cache=True)
-def _rows_backward_weight(blas, dy, dy_last, x, last, kh, kw, sh, sw, ph, pw, oh, ow, xp, rows, parts):
-    """parts[t] = the sum over thread t's samples of dy[n] (O, P) @ rows(x[n]) (P, K); dW = the sum of the parts.
+@njit(nogil=True, cache=True)
+def _rows_backward_weight(chunk, first, stop, worker, blas, dy, dy_last, x, last, kh, kw, sh, sw, ph, pw, oh, ow, xp,
+                          rows, parts):
+    """parts[chunk] = the sum over the chunk's samples of dy[n] (O, P) @ rows(x[n]) (P, K); dW = the sum of the parts.
 
-    Each thread adds into its own partial sum, so no two threads write the same dW.
+    Each chunk adds into its own partial sum, so no two threads write the same dW.
     """
-    for b in prange(x.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         _to_hwc(x, last, b, ph, pw, xp[t])
         _rows(xp[t], kh, kw, sh, sw, oh, ow, rows[t])
         if dy_last:
-            gemm(blas, dy[b].reshape(-1, parts.shape[1]).T, rows[t], parts[t], True)  # += (O, P) @ (P, K)
+            gemm(blas, dy[b].reshape(-1, parts.shape[1]).T, rows[t], parts[chunk], True)  # += (O, P) @ (P, K)
         else:
-            gemm(blas, dy[b].reshape(parts.shape[1], -1), rows[t], parts[t], True)
+            gemm(blas, dy[b].reshape(parts.shape[1], -1), rows[t], parts[chunk], True)
 
 
 def rows_forward(x, weight, g):
@@ -186,7 +188,8 @@ def rows_forward(x, weight, g):
     last, xa = _layout(x)
     y = _empty(last, g.n, g.o, g.oh, g.ow, x.dtype)
     with blas_threads(1):
-        _rows_forward(CBLAS[x.dtype], xa, last, wt, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, xp, rows, yt, y)
+        run(_rows_forward, g.n, CBLAS[x.dtype], xa, last, wt, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, xp, rows,
+            yt, y)
     return _nchw(y, last)
 
 
@@ -199,8 +202,8 @@ def rows_backward_input(grad_out, weight, g):
     last, dy = _layout(grad_out)
     dx = _empty(last, g.n, g.c, g.h, g.w, dtype)
     with blas_threads(1):
-        _rows_backward_input(CBLAS[dtype], dy, last, w2, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, dxp, drows,
-                             dx)
+        run(_rows_backward_input, g.n, CBLAS[dtype], dy, last, w2, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, dxp,
+            drows, dx)
     return _nchw(dx, last)
 
 
@@ -212,8 +215,8 @@ def rows_backward_weight(grad_out, x, g):
     parts = np.zeros((g.threads, g.o, g.k), dtype=dtype)
     (dy_last, dy), (last, xa) = _layout(grad_out), _layout(x)
     with blas_threads(1):
-        _rows_backward_weight(CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow, xp,
-                              rows, parts)
+        run(_rows_backward_weight, g.n, CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh,
+            g.ow, xp, rows, parts, chunks=g.threads)
     return _c(parts.sum(axis=0).reshape(g.o, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))  # back from (O, kh, kw, C)
 
 
@@ -253,12 +256,12 @@ def _on_grid(dy, last, b, oh, ow, wp, dyg):
             _transpose(dy[b, :, oy, :], dyg[oy * wp:oy * wp + ow])
 
 
-@njit(parallel=True, cache=True)
-def _shifted_forward(blas, x, last, wtaps, kh, kw, ph, pw, z, oh, ow, xp, yg, y):
+@njit(nogil=True, cache=True)
+def _shifted_forward(chunk, first, stop, worker, blas, x, last, wtaps, kh, kw, ph, pw, z, oh, ow, xp, yg, y):
     """y[n] = the sum over taps (i, j) of shifted(x[n]) (OH*Wp, C) @ W[:, :, i, j]^T (C, O), on the grid."""
     wp = xp.shape[2]
-    for b in prange(y.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         _to_hwc(x, last, b, ph, z, xp[t])
         for i in range(kh):
             for j in range(kw):
@@ -271,12 +274,13 @@ def _shifted_forward(blas, x, last, wtaps, kh, kw, ph, pw, z, oh, ow, xp, yg, y)
                 _transpose(yg[t, oy * wp:oy * wp + ow], y[b, :, oy, :])
 
 
-@njit(parallel=True, cache=True)
-def _shifted_backward_input(blas, dy, last, wtaps, kh, kw, ph, pw, z, oh, ow, dyg, dxp, dx):
+@njit(nogil=True, cache=True)
+def _shifted_backward_input(chunk, first, stop, worker, blas, dy, last, wtaps, kh, kw, ph, pw, z, oh, ow, dyg, dxp,
+                            dx):
     """dxp = 0, then shifted(dxp) += dy[n] on the grid (OH*Wp, O) @ W[:, :, i, j] (O, C) for every tap (i, j)."""
     wp = dxp.shape[2]
-    for b in prange(dx.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         _on_grid(dy, last, b, oh, ow, wp, dyg[t])
         dxp[t] = 0
         for i in range(kh):
@@ -286,18 +290,19 @@ def _shifted_backward_input(blas, dy, last, wtaps, kh, kw, ph, pw, z, oh, ow, dy
         _from_hwc(dxp[t], ph, z, last, dx, b)
 
 
-@njit(parallel=True, cache=True)
-def _shifted_backward_weight(blas, dy, dy_last, x, last, kh, kw, ph, pw, z, oh, ow, xp, dyg, parts):
-    """parts[t, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n]) (OH*Wp, C), over thread t's samples."""
+@njit(nogil=True, cache=True)
+def _shifted_backward_weight(chunk, first, stop, worker, blas, dy, dy_last, x, last, kh, kw, ph, pw, z, oh, ow, xp,
+                             dyg, parts):
+    """parts[chunk, (i, j)] += (dy[n] on the grid)^T (O, OH*Wp) @ shifted(x[n]) (OH*Wp, C), over the chunk's samples."""
     wp = xp.shape[2]
-    for b in prange(x.shape[0]):
-        t = numba.get_thread_id()
+    t = worker  # this thread's scratch
+    for b in range(first, stop):
         _to_hwc(x, last, b, ph, z, xp[t])
         _on_grid(dy, dy_last, b, oh, ow, wp, dyg[t])
         for i in range(kh):
             for j in range(kw):
                 tap = _shifted(xp[t], i * wp + j + z - pw, oh * wp)
-                gemm(blas, dyg[t].T, tap, parts[t, i * kw + j], True)
+                gemm(blas, dyg[t].T, tap, parts[chunk, i * kw + j], True)
 
 
 def shifted_forward(x, weight, g):
@@ -308,7 +313,7 @@ def shifted_forward(x, weight, g):
     last, xa = _layout(x)
     y = _empty(last, g.n, g.o, g.oh, g.ow, x.dtype)
     with blas_threads(1):
-        _shifted_forward(CBLAS[x.dtype], xa, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, xp, yg, y)
+        run(_shifted_forward, g.n, CBLAS[x.dtype], xa, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, xp, yg, y)
     return _nchw(y, last)
 
 
@@ -321,7 +326,8 @@ def shifted_backward_input(grad_out, weight, g):
     last, dy = _layout(grad_out)
     dx = _empty(last, g.n, g.c, g.h, g.w, dtype)
     with blas_threads(1):
-        _shifted_backward_input(CBLAS[dtype], dy, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, dyg, dxp, dx)
+        run(_shifted_backward_input, g.n, CBLAS[dtype], dy, last, wtaps, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, dyg,
+            dxp, dx)
     return _nchw(dx, last)
 
 
@@ -333,8 +339,8 @@ def shifted_backward_weight(grad_out, x, g):
     parts = np.zeros((g.threads, g.kh * g.kw, g.o, g.c), dtype=dtype)
     (dy_last, dy), (last, xa) = _layout(grad_out), _layout(x)
     with blas_threads(1):
-        _shifted_backward_weight(CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow, xp,
-                                 dyg, parts)
+        run(_shifted_backward_weight, g.n, CBLAS[dtype], dy, dy_last, xa, last, g.kh, g.kw, g.ph, g.pw, g.z, g.oh, g.ow,
+            xp, dyg, parts, chunks=g.threads)
     return _c(parts.sum(axis=0).reshape(g.kh, g.kw, g.o, g.c).transpose(2, 3, 0, 1))  # back from (kh, kw, O, C)
 
 
@@ -434,36 +440,35 @@ def backward_weight(grad_out, x, g):
 # (60-90 GFLOP/s a core on ResNet-50's 1x1 layers, against 40-70 through the
 # HWC scratch).
 
-@njit(parallel=True, cache=True)
-def _pointwise_forward(blas, x, w2, y):
+@njit(nogil=True, cache=True)
+def _pointwise_forward(chunk, first, stop, worker, blas, x, w2, y):
     """y[n] (O, H*W) = W (O, C) @ x[n] (C, H*W)."""
     c, o = x.shape[1], y.shape[1]
-    for b in prange(x.shape[0]):
+    for b in range(first, stop):
         gemm(blas, w2, x[b].reshape(c, -1), y[b].reshape(o, -1), False)
 
 
-@njit(parallel=True, cache=True)
-def _pointwise_backward_input(blas, dy, w2, dx):
+@njit(nogil=True, cache=True)
+def _pointwise_backward_input(chunk, first, stop, worker, blas, dy, w2, dx):
     """dx[n] (C, H*W) = W^T (C, O) @ dy[n] (O, H*W)."""
     c, o = dx.shape[1], dy.shape[1]
-    for b in prange(dx.shape[0]):
+    for b in range(first, stop):
         gemm(blas, w2.T, dy[b].reshape(o, -1), dx[b].reshape(c, -1), False)
 
 
-@njit(parallel=True, cache=True)
-def _pointwise_backward_weight(blas, dy, x, parts):
-    """parts[t] += dy[n] (O, H*W) @ x[n]^T (H*W, C) over thread t's samples; dW = the sum of the parts."""
+@njit(nogil=True, cache=True)
+def _pointwise_backward_weight(chunk, first, stop, worker, blas, dy, x, parts):
+    """parts[chunk] += dy[n] (O, H*W) @ x[n]^T (H*W, C) over the chunk's samples; dW = the sum of the parts."""
     c, o = x.shape[1], dy.shape[1]
-    for b in prange(x.shape[0]):
-        t = numba.get_thread_id()
-        gemm(blas, dy[b].reshape(o, -1), x[b].reshape(c, -1).T, parts[t], True)
+    for b in range(first, stop):
+        gemm(blas, dy[b].reshape(o, -1), x[b].reshape(c, -1).T, parts[chunk], True)
 
 
 def pointwise_forward(x, weight, g):
     """y[n] = W @ x[n] on the (C, H*W) matrices NCHW holds."""
     y = np.empty((g.n, g.o, g.oh, g.ow), dtype=x.dtype)
     with blas_threads(1):
-        _pointwise_forward(CBLAS[x.dtype], _c(x), _c(weight.reshape(g.o, g.c)), y)
+        run(_pointwise_forward, g.n, CBLAS[x.dtype], _c(x), _c(weight.reshape(g.o, g.c)), y)
     return y
 
 
@@ -471,7 +476,7 @@ def pointwise_backward_input(grad_out, weight, g):
     """dx[n] = W^T @ dy[n]."""
     dx = np.empty((g.n, g.c, g.h, g.w), dtype=grad_out.dtype)
     with blas_threads(1):
-        _pointwise_backward_input(CBLAS[grad_out.dtype], _c(grad_out), _c(weight.reshape(g.o, g.c)), dx)
+        run(_pointwise_backward_input, g.n, CBLAS[grad_out.dtype], _c(grad_out), _c(weight.reshape(g.o, g.c)), dx)
     return dx
 
 
@@ -479,5 +484,5 @@ def pointwise_backward_weight(grad_out, x, g):
     """dW = the sum over samples of dy[n] @ x[n]^T."""
     parts = np.zeros((g.threads, g.o, g.c), dtype=grad_out.dtype)
     with blas_threads(1):
-        _pointwise_backward_weight(CBLAS[grad_out.dtype], _c(grad_out), _c(x), parts)
+        run(_pointwise_backward_weight, g.n, CBLAS[grad_out.dtype], _c(grad_out), _c(x), parts, chunks=g.threads)
     return parts.sum(axis=0).reshape(g.o, g.c, 1, 1)
