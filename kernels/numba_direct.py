@@ -220,17 +220,26 @@ def _to_grid(dy, last, b, gp, lanes, g):
 # threads (``numba_threads``), in that thread's scratch (``worker``).
 
 @njit(nogil=True, cache=True)
-def _forward(chunk, first, stop, worker, x, last, wt, seg, taps, sh, sw, ph, z, gp, plane, q, xs, yg, y):
+def _forward(chunk, first, stop, worker, x, last, wt, seg, taps, sh, sw, ph, z, gp, plane, q, by_rows, xs, yg, y):
     """y[n] = the tiles over sample n's planes: the sum over taps and channels of x's pixels times W's rows.
 
-    seg: the offsets (in numbers) of groups of ``taps`` taps whose pixels follow each other.
+    seg: the offsets (in numbers) of groups of ``taps`` taps whose pixels follow each other. ``by_rows``: the
+    tiles fill whole output rows exactly (OW a multiple of their rows, no padded channels), so they write y
+    row by row as it lies, with no grid to copy from.
     """
     c, lanes = wt.shape[1], wt.shape[2]
+    oh, ow = y.shape[1], y.shape[2]
     w_flat, scratch, grid = wt.reshape(-1), xs[worker], yg[worker]
     for b in range(first, stop):
         _fill(x, last, b, sh, sw, ph, z, gp, plane, c, scratch)
-        tiles(scratch, 0, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, q, grid, 0, lanes, lanes, False)
-        _from_grid(grid, gp, lanes, y[b])
+        if by_rows:
+            out = y[b].reshape(-1)
+            for oy in range(oh):
+                tiles(scratch, oy * gp * c, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, ow, out,
+                      oy * ow * lanes, lanes, lanes, False)
+        else:
+            tiles(scratch, 0, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, q, grid, 0, lanes, lanes, False)
+            _from_grid(grid, gp, lanes, y[b])
 
 
 @njit(nogil=True, cache=True)
@@ -283,8 +292,9 @@ def forward(x, weight, p):
     if p.sw == 1:  # a kernel row's taps read consecutive pixels: one step of kw*C numbers (fewer, longer loops)
         seg, taps = np.ascontiguousarray(seg[::p.kw]), p.kw
     check_reach(xs[0], 0, 1, p.c, seg, wt, 0, lanes, taps * p.c * lanes, taps * p.c, p.q, yg[0], 0, lanes, lanes)
+    by_rows = lanes == p.o and p.ow % rows_per_tile(lanes, lanes_of(dtype))[0] == 0
     y = np.empty((p.n, p.oh, p.ow, p.o), dtype=dtype)
-    run(_forward, p.n, xa, last, wt, seg, taps, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, xs, yg, y)
+    run(_forward, p.n, xa, last, wt, seg, taps, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, by_rows, xs, yg, y)
     return y.transpose(0, 3, 1, 2)
 
 
