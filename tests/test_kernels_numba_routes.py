@@ -90,7 +90,8 @@ def test_check_reach_refuses_a_buffer_the_tiles_would_overrun():
 # ---------------------------------------------------------------- the direct convolutions
 
 CASES = [  # (n, c, h, w, o, kh, kw, stride, padding)
-    (3, 16, 12, 12, 16, 3, 3, (1, 1), (1, 1)),     # resnet20's stride-1 shapes
+    (3, 16, 12, 12, 16, 3, 3, (1, 1), (1, 1)),     # resnet20's stride-1 shapes (float64: tiles write y by rows)
+    (2, 16, 5, 16, 16, 3, 3, (1, 1), (1, 1)),      # float32 tiles writing y by rows (16 = 2 tiles of 8 pixels)
     (2, 32, 8, 8, 64, 3, 3, (2, 2), (1, 1)),       # its strided ones
     (2, 3, 9, 11, 16, 3, 3, (1, 1), (1, 1)),       # an RGB input
     (3, 5, 9, 7, 20, 3, 2, (2, 1), (1, 0)),        # odd sizes, mixed strides and paddings
