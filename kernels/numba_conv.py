@@ -3,19 +3,23 @@
 The reference unfolds the whole batch into one (C*kh*kw, N*OH*OW) matrix and
 runs one big GEMM. Here each thread takes one sample at a time and keeps
 everything it touches in its core's cache, and runs that sample's GEMMs with
-a single-threaded BLAS (``numba_blas``). Convolutions with few channels
-take the direct route of ``numba_direct`` instead (no GEMM at all); the rest
-take one of three routes, by the shape of the convolution (``geometry``
-picks one; ``numba_cpu``'s conv2d functions dispatch to it):
+a single-threaded BLAS (``numba_blas``), on the kernel threads
+(``numba_threads``). Convolutions with few channels take the direct route of
+``numba_direct`` instead (no GEMM at all); the rest take one of these, by
+the convolution's shape and its arrays' layout (``geometry`` and ``forward``
+/ ``backward_input`` / ``backward_weight`` pick one):
 
 - unfolded rows (strided windows, and images with few channels): the sample
   is unfolded pixel-major, one row of kh*kw*C numbers per output pixel;
 - shifted windows (stride 1): no unfolding, one GEMM per tap on shifted
   blocks of the image;
-- pointwise (1x1, stride 1, no padding): one GEMM on the image as it lies.
+- 1x1 without padding on channels-last arrays: one GEMM on the batch's pixels;
+- pointwise (1x1, stride 1, no padding, NCHW): one GEMM on the image as it lies.
 
 Each route has a forward, an input gradient and a weight gradient with the
-arguments of the public kernels less what ``geometry`` already holds.
+arguments of the public kernels less what ``geometry`` already holds. Rows
+and shifted windows read channels-last samples as they lie and give results
+in the layout their input came in.
 """
 from typing import NamedTuple
 

@@ -11,11 +11,13 @@ The convolutions are the exception to the reference's layouts. Those with
 few channels (ResNet's 16-128) take the direct route (``numba_direct.py``):
 no GEMM, every output's taps summed in vector registers (``numba_tile.py``),
 the result handed back channels-last (NHWC memory seen as NCHW). Wider ones
-take one of three BLAS routes (``numba_conv.py``: unfolded pixel-major rows,
-shifted windows at stride 1, the NCHW image itself for 1x1), one sample at a
-time through ``numba_blas.py``. Batch norm and the residual add take
-channels-last arrays as they lie (``numba_nhwc.py``), so activations stay
-channels-last from one convolution to the next.
+take one of the BLAS routes (``numba_conv.py``: unfolded pixel-major rows,
+shifted windows at stride 1, 1x1 as GEMMs), through ``numba_blas.py``, in
+the layout their input came in. Batch norm, the residual add and max pooling
+take channels-last arrays as they lie (``numba_nhwc.py``), so activations
+stay channels-last from one convolution to the next. Those kernels run on
+Python threads in compiled code that releases the GIL (``numba_threads.py``:
+``prange`` cost seconds of compilation per kernel).
 
 Numba compiles for float32 and float64; other dtypes (float16) are served by
 the NumPy reference. ``cache=True`` keeps the machine code on disk, so only
