@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from .autograd import increment_version
 from .backend import array_module, to_device, to_numpy
 from .kernels import for_array
 from .tensor import Tensor
@@ -210,6 +211,7 @@ class SGD(Optimizer):
         fused = getattr(for_array(p.data), "sgd_update", sgd_update)
         fused(p.data, grad, buf, group["lr"], group["weight_decay"], group["momentum"], 1 - group["dampening"],
               group["nesterov"], first)
+        increment_version(p)  # changed in place: a graph that saved p now refuses to backward through it
 
 
 def sgd_update(p, g, buf, lr, weight_decay, momentum, one_minus_dampening, nesterov, first):
