@@ -230,15 +230,14 @@ def _forward(chunk, first, stop, worker, x, last, wt, seg, taps, sh, sw, ph, z, 
     c, lanes = wt.shape[1], wt.shape[2]
     oh, ow = y.shape[1], y.shape[2]
     w_flat, scratch, grid = wt.reshape(-1), xs[worker], yg[worker]
+    blocks, rows = (oh, ow) if by_rows else (1, q)  # one tile call site: each is seconds of compilation
     for b in range(first, stop):
         _fill(x, last, b, sh, sw, ph, z, gp, plane, c, scratch)
-        if by_rows:
-            out = y[b].reshape(-1)
-            for oy in range(oh):
-                tiles(scratch, oy * gp * c, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, ow, out,
-                      oy * ow * lanes, lanes, lanes, False)
-        else:
-            tiles(scratch, 0, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, q, grid, 0, lanes, lanes, False)
+        out = y[b].reshape(-1) if by_rows else grid
+        for oy in range(blocks):
+            tiles(scratch, oy * gp * c, 1, c, seg, w_flat, 0, lanes, taps * c * lanes, taps * c, rows, out,
+                  oy * ow * lanes, lanes, lanes, False)
+        if not by_rows:
             _from_grid(grid, gp, lanes, y[b])
 
 
