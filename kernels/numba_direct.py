@@ -332,6 +332,6 @@ def backward_weight(grad_out, x, p):
         check_reach(xs[0], int(p.seg[tap]) * p.c, p.c, 1, one, dyg[0], 0, lanes, 0, p.q, p.c, parts[0].reshape(-1),
                     tap * rows * lanes, lanes, lanes)
     run(_backward_weight, p.n, dy, dy_last, xa, last, p.seg, p.sh, p.sw, p.ph, p.z, p.gp, p.plane, p.q, p.c, xs, dyg,
-                     parts)
+        parts, chunks=len(parts))  # chunk k adds into parts[k]: never more chunks than parts
     dw = parts.sum(axis=0)[:, :p.c, :p.o].reshape(p.kh, p.kw, p.c, p.o)
     return np.ascontiguousarray(dw.transpose(3, 2, 0, 1))

@@ -66,7 +66,7 @@ def batch_norm_stats(x):
     m, c = r.shape
     parts = np.empty((chunks_for(m), 2, c))
     shift = r[0].astype(np.float64)
-    run(_sums, m, r, shift, parts)
+    run(_sums, m, r, shift, parts, chunks=len(parts))  # a chunk's partial sums at parts[chunk]
     total = parts.sum(axis=0) / m
     mean_d = total[0]
     return (shift + mean_d).astype(x.dtype), np.maximum(total[1] - mean_d * mean_d, 0.0).astype(x.dtype)
@@ -110,7 +110,8 @@ def batch_norm_grad_sums(grad_out, x, mean, invstd):
     r = rows(x)
     m, c = r.shape
     parts = np.empty((chunks_for(m), 2, c))
-    run(_grad_sums, m, rows(grad_out), r, mean.astype(x.dtype), invstd.astype(x.dtype), parts)
+    run(_grad_sums, m, rows(grad_out), r, mean.astype(x.dtype), invstd.astype(x.dtype), parts,
+        chunks=len(parts))
     total = parts.sum(axis=0).astype(x.dtype)
     return total[0], total[1]
 
