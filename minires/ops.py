@@ -11,7 +11,7 @@ import numpy as np
 
 from .autograd import Function
 from .backend import array_module, device_of, to_device
-from .errors import DimError, ShapeError
+from .errors import DimError, IndexShapeError, ShapeError
 
 
 def dim(op, d, shape):
@@ -53,11 +53,36 @@ def flat_shape(op, shape, start_dim, end_dim):
 
 
 def broadcast_shape(op, a, b):
-    """The shape that shapes ``a`` and ``b`` broadcast to, or a ShapeError naming the op and both."""
+    """The shape that shapes ``a`` and ``b`` broadcast to, or a ShapeError naming the op, both and the dim."""
     try:
         return np.broadcast_shapes(a, b)
     except ValueError:
-        raise ShapeError(f"shapes {a} and {b} cannot be broadcast together", op=op) from None
+        a, b = tuple(a), tuple(b)
+        n = max(len(a), len(b))
+        pa, pb = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+        d = max(i for i in range(n) if pa[i] != pb[i] and 1 not in (pa[i], pb[i]))
+        raise ShapeError(f"shapes {a} and {b} do not broadcast: sizes {pa[d]} and {pb[d]} at dim {d - n} "
+                         "(aligned from the right, sizes must be equal or 1)", op=op) from None
+
+
+class Broadcasting(Function):
+    """A Function of two arrays that broadcast as NumPy's do (``op`` names it in errors).
+
+    Shapes that do not broadcast raise a ShapeError naming the op and both shapes, which a layer then
+    labels; NumPy's own ValueError names neither. The check costs nothing until NumPy refuses.
+    """
+
+    op = None
+
+    @classmethod
+    def apply(cls, a, b, **params):
+        try:
+            return super().apply(a, b, **params)
+        except ShapeError:
+            raise
+        except ValueError:
+            broadcast_shape(cls.op, a.shape, b.shape)  # raises, unless NumPy's complaint was another one
+            raise
 
 
 def _permutation(axes, shape):
@@ -105,10 +130,10 @@ def unbroadcast(grad, shape):
 
 # ---------------------------------------------------------------- arithmetic
 
-class Add(Function):
+class Add(Broadcasting):
     """y = a + b;  da = dy, db = dy (summed over broadcast axes)."""
 
-    saved_inputs = ()
+    op, saved_inputs = "add", ()
 
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
@@ -118,10 +143,10 @@ class Add(Function):
         return unbroadcast(grad, self.shapes[0]), unbroadcast(grad, self.shapes[1])
 
 
-class Sub(Function):
+class Sub(Broadcasting):
     """y = a - b;  da = dy, db = -dy."""
 
-    saved_inputs = ()
+    op, saved_inputs = "sub", ()
 
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
@@ -132,8 +157,10 @@ class Sub(Function):
         return unbroadcast(grad, self.shapes[0]), db
 
 
-class Mul(Function):
+class Mul(Broadcasting):
     """y = a * b;  da = dy * b, db = dy * a."""
+
+    op = "mul"
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -145,8 +172,10 @@ class Mul(Function):
         return da, db
 
 
-class Div(Function):
+class Div(Broadcasting):
     """y = a / b;  da = dy / b, db = -dy * a / b^2."""
+
+    op = "div"
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -171,10 +200,10 @@ class Neg(Function):
         return -grad
 
 
-class Pow(Function):
+class Pow(Broadcasting):
     """y = a ** b;  da = dy * b * a^(b-1), db = dy * a^b * log(a)."""
 
-    saves_output = True
+    op, saves_output = "pow", True
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -377,6 +406,22 @@ class Permute(Function):
         return grad.transpose(self.inverse)
 
 
+def _well_typed(index):
+    """True if ``index`` holds only ints, bools, slices, Ellipsis, None and integer or boolean arrays or lists."""
+    for part in index if isinstance(index, tuple) else (index,):
+        if isinstance(part, list):
+            try:
+                part = np.asarray(part)
+            except ValueError:  # a ragged list
+                return False
+        if hasattr(part, "dtype") and hasattr(part, "shape"):  # an array (NumPy or CuPy) or a NumPy scalar
+            if part.dtype.kind not in "biu":
+                return False
+        elif not (part is None or part is Ellipsis or isinstance(part, (int, slice))):
+            return False
+    return True
+
+
 class GetItem(Function):
     """y = x[index];  dx = zeros with dy scattered (added) back at index."""
 
@@ -386,8 +431,10 @@ class GetItem(Function):
         self.shape, self.dtype, self.index = x.shape, x.dtype, index
         try:
             return x[index]
-        except IndexError as exc:
-            raise IndexError(f"getitem: {exc} (tensor of shape {x.shape}, index {index!r:.80})") from None
+        except IndexError as exc:  # a ShapeError too where the index is well typed but does not fit x
+            kind = IndexShapeError if _well_typed(index) else IndexError
+            what = f"{exc} (tensor of shape {x.shape}, index {index!r:.80})"
+            raise (kind(what, op="getitem") if kind is IndexShapeError else kind(f"getitem: {what}")) from None
 
     def backward(self, grad):
         xp = array_module(grad)

@@ -213,7 +213,7 @@ class Tensor:
     def item(self):
         """The single value of a one-element tensor as a Python number."""
         if self.data.size != 1:
-            raise ValueError(f"item: only one-element tensors convert to a number, got shape {self.shape}")
+            raise ShapeError(f"only one-element tensors convert to a number, got shape {self.shape}", op="item")
         return self.data.reshape(()).item()
 
     def tolist(self):
@@ -288,12 +288,7 @@ class Tensor:
             dtype = np.dtype(np.float32)  # int / int is float, as in PyTorch
         a = a if da == dtype else a.to(dtype=dtype)
         b = b if db == dtype else b.to(dtype=dtype)
-        try:
-            return fn.apply(a, b)
-        except ValueError:  # NumPy's broadcasting error names neither the op nor the tensors
-            if fn is not ops.MatMul:
-                ops.broadcast_shape(fn.__name__.lower(), a.shape, b.shape)
-            raise
+        return fn.apply(a, b)  # shapes that do not broadcast: the op's ShapeError names it and both shapes
 
     # the arithmetic operators; the reflected ones serve ``2 * t``, and ``/`` of integers gives floats
     __add__, __radd__ = _operator(ops.Add), _operator(ops.Add, reflected=True)
@@ -322,7 +317,7 @@ class Tensor:
 
     def __bool__(self):
         if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+            raise ShapeError(f"the truth value of a tensor of shape {self.shape} is ambiguous", op="bool")
         return bool(self.data.reshape(()))
 
     def __float__(self):

@@ -33,6 +33,38 @@ class StateDictError(KeyError):
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+def _name_under(parent, module):
+    """The qualified name of ``module`` inside ``parent`` ("layer1.0"), or None if it is not registered there."""
+    for name, child in parent._modules.items():
+        if child is module:
+            return name
+    for name, child in parent.named_modules():
+        if child is module and name:
+            return name
+    return None
+
+
+def _label(exc, module):
+    """Label a ShapeError or DTypeError leaving ``module``: the innermost layer's type, then the path out.
+
+    Each module on the way out replaces the name the module inside it gave itself (its attribute name)
+    with where that module sits inside it, so ``self.layer1[0](x)`` called from a model's forward still
+    reads ``layer1.0`` although Sequential's ``__call__`` was skipped. Only the error's way out pays.
+    """
+    inner = exc.module
+    if exc.layer is None:
+        exc.layer = type(module).__name__
+    elif inner is not None:
+        name = _name_under(module, inner)
+        if name is not None:
+            if exc.provisional:
+                exc.path.pop()
+            exc.path.append(name)
+    exc.module, exc.provisional = module, module._name is not None
+    if module._name is not None:
+        exc.path.append(module._name)
+
+
 class Module:
     """Base class of every layer and network: override ``forward``, call the module itself."""
 
@@ -114,11 +146,7 @@ class Module:
         try:
             out = self.forward(*args, **kwargs)
         except (ShapeError, DTypeError) as exc:
-            # label the error with the innermost layer, then the path of names out to the model
-            if exc.layer is None:
-                exc.layer = type(self).__name__
-            if self._name is not None:
-                exc.path.append(self._name)
+            _label(exc, self)
             raise
         for hook in self._forward_hooks:
             replaced = hook(self, args, out)
