@@ -192,13 +192,108 @@ def test_parameter_totals(imagenet_summaries, name):
     assert sum(r.params for r in result.all_rows if r.depth == 1) == result.total_params
 
 
+def imagenet_counts(bottleneck, layers, classes=1000):
+    """(weights, conv output channels, batch-norm channels) of a Table-1 ResNet, counted from the architecture.
+
+    Weights: every conv's kernel (no bias, as torchvision), batch norm's gamma and beta, the fc's weight and
+    bias. Every conv is followed by one batch norm, so both channel counts come out equal.
+    """
+    channels = [64]                                            # the 7x7 stem conv
+    weights = 3 * 64 * 49
+    in_planes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for b in range(blocks):
+            if bottleneck:
+                convs = [(in_planes, planes, 1), (planes, planes, 3), (planes, 4 * planes, 1)]
+            else:
+                convs = [(in_planes, planes, 3), (planes, planes, 3)]
+            out_planes = convs[-1][1]
+            if (stage > 0 and b == 0) or in_planes != out_planes:
+                convs.append((in_planes, out_planes, 1))       # the projection shortcut (option B)
+            weights += sum(cin * cout * k * k for cin, cout, k in convs)
+            channels += [cout for _, cout, _ in convs]
+            in_planes = out_planes
+    bn = sum(channels)
+    return weights + 2 * bn + in_planes * classes + classes, sum(channels), bn
+
+
+# keras.applications.ResNet50(include_top=True).summary()
+KERAS_RESNET50 = {"total": 25_636_712, "trainable": 25_583_592, "non_trainable": 53_120}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET))
+def test_hand_counts_agree_with_torchvision_and_the_summary(imagenet_summaries, name):
+    weights, _, bn = imagenet_counts(*IMAGENET[name])
+    assert weights == TORCHVISION_PARAMS[name]
+    result = imagenet_summaries[0][name, False]
+    assert result.trainable_params == weights and result.frozen_params == 0
+    assert result.buffer_values == result.non_trainable_params == 2 * bn   # running_mean and running_var
+    assert result.keras_total_params == weights + 2 * bn
+    assert result.counter_values == sum(isinstance(m, nn.BatchNorm2d) for m in models.get(name).modules())
+
+
+def test_resnet50_against_keras():
+    """Keras's ResNet50 is torchvision's plus a bias on each of its 53 convolutions (one per output channel)."""
+    weights, conv_channels, bn = imagenet_counts(True, [3, 4, 6, 3])
+    assert (weights, conv_channels, bn) == (25_557_032, 26_560, 26_560)
+    assert weights + conv_channels == KERAS_RESNET50["trainable"]
+    assert 2 * bn == KERAS_RESNET50["non_trainable"]
+    assert weights + conv_channels + 2 * bn == KERAS_RESNET50["total"]
+
+    model = models.resnet50()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 53 and all(c.bias is None for c in convs)
+    ours = summary(model, (1, 3, 32, 32), file=io.StringIO())     # the counts do not depend on the image size
+    lines = ours.text.splitlines()
+    assert "Total params:         25,610,152  (parameters and buffers, as Keras counts)" in lines
+    assert "Trainable params:     25,557,032" in lines
+    assert "Non-trainable params: 53,120      (frozen parameters 0, buffers 53,120)" in lines
+    assert "Counters:             53          (integer buffers such as num_batches_tracked, in neither)" in lines
+
+    for c in convs:                                            # Keras's architecture: a bias on every conv
+        c.bias = nn.Parameter(np.zeros(c.out_channels, dtype=np.float32))
+    keras = summary(model, (1, 3, 32, 32), file=io.StringIO())
+    assert (keras.keras_total_params, keras.trainable_params, keras.non_trainable_params) == \
+        (KERAS_RESNET50["total"], KERAS_RESNET50["trainable"], KERAS_RESNET50["non_trainable"])
+    for label, key in (("Total params:", "total"), ("Trainable params:", "trainable"),
+                       ("Non-trainable params:", "non_trainable")):
+        assert any(line.startswith(f"{label:<22}{KERAS_RESNET50[key]:,}") for line in keras.text.splitlines())
+
+
 def test_trainable_parameters():
     model = models.resnet20()
     model.conv1.weight.requires_grad = False
     result = summary(model, (1, 3, 32, 32), file=io.StringIO())
+    bn_channels = 16 + 2 * 3 * (16 + 32 + 64)                   # the stem's, then two per block
     assert result.total_params == model.num_parameters() == 269_722
     assert result.trainable_params == 269_722 - 16 * 3 * 9
-    assert "Non-trainable params: 432" in result.text
+    assert result.frozen_params == 432 and result.buffer_values == 2 * bn_channels
+    assert result.non_trainable_params == 432 + 2 * bn_channels
+    assert result.keras_total_params == 269_722 + 2 * bn_channels and result.counter_values == 1 + 18
+    assert f"Non-trainable params: {432 + 2 * bn_channels:,}" in result.text
+    assert f"(frozen parameters 432, buffers {2 * bn_channels:,})" in result.text
+
+
+def test_rows_split_parameters_and_buffers():
+    model = models.resnet20()
+    model.conv1.weight.requires_grad = False
+    model.bn1.weight.requires_grad = False
+    result = summary(model, (1, 3, 32, 32), depth=None, file=io.StringIO())
+    conv1, bn1, fc = result.row("conv1"), result.row("bn1"), result.row("fc")
+    assert (conv1.trainable, conv1.non_trainable, conv1.buffers, conv1.counters) == (0, 432, 0, 0)
+    assert (bn1.trainable, bn1.non_trainable, bn1.buffers, bn1.counters) == (16, 16, 32, 1)
+    assert (fc.trainable, fc.non_trainable, fc.buffers) == (650, 0, 0) and fc.params == 650
+    block = result.row("layer2.0")                             # two 3x3 convs, two batch norms of 32
+    assert (block.trainable, block.buffers, block.counters) == (16 * 32 * 9 + 32 * 32 * 9 + 4 * 32, 4 * 32, 2)
+    for r in result.all_rows:
+        assert r.params == r.trainable + r.non_trainable
+    top = [r for r in result.all_rows if r.depth == 1]
+    assert sum(r.buffers for r in top) == result.buffer_values
+    assert sum(r.non_trainable for r in top) == result.frozen_params == 432 + 16
+    header = result.text.splitlines()[2].split()
+    assert header == ["Layer", "Type", "Output", "shape", "Trainable", "Non-trainable", "Buffers", "Mult-adds"]
+    bn_line = next(line for line in result.text.splitlines() if line.split()[:1] == ["bn1"])
+    assert bn_line.split()[-4:] == ["16", "16", "32", "--"]
 
 
 # ---------------------------------------------------------------- the table
