@@ -16,6 +16,12 @@ the shortcut (``via_shortcut``, exactly g for an identity) and through the
 branch (``via_residual``, J_F^T g). ``record_residuals()`` collects those
 records for every residual add of a forward pass.
 
+``pad_channels`` is the parameter-free option-A shortcut, in the four forms
+ported code uses: each stride x stride window kept as its top-left pixel
+(``pool="subsample"``, He et al.) or averaged (``"avg"``, TensorFlow's CIFAR
+ResNet), the zero channels appended (``channels="append"``) or split around
+the input's (``"centre"``, TensorFlow's and the PyTorch CIFAR code).
+
 The records are built on the engine's public hooks (``grad_fn.register_hook``):
 the engine itself knows nothing about residual blocks.
 """
@@ -87,6 +93,54 @@ class PadChannelsFunction(Function):
         # END EXERCISE
 
 
+class WindowMeanFunction(Function):
+    """y = the mean of each size x size window of x (a window the edge cuts short averages what it holds).
+
+    dx = dy / (pixels in the window), spread evenly over the window. The
+    windows do not overlap: ``pad_channels(pool="avg")``'s pooling.
+    """
+
+    saved_inputs = ()  # backward needs the input's shape and the window counts
+
+    def forward(self, x, size):
+        xp = array_module(x)
+        n, c, h, w = self.shape = x.shape
+        self.size, oh, ow = size, -(-h // size), -(-w // size)
+        if (oh * size, ow * size) != (h, w):  # zero-fill the short windows; the counts below leave them out
+            full = xp.zeros((n, c, oh * size, ow * size), dtype=x.dtype)
+            full[:, :, :h, :w] = x
+            x = full
+        rows = np.minimum(size, h - size * np.arange(oh))  # pixels each window holds, per axis
+        cols = np.minimum(size, w - size * np.arange(ow))
+        self.count = xp.asarray(np.outer(rows, cols), dtype=x.dtype)
+        return x.reshape(n, c, oh, size, ow, size).sum(axis=(3, 5)) / self.count
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        (n, c, h, w), s = self.shape, self.size
+        oh, ow = grad.shape[2:]
+        share = (grad / self.count)[:, :, :, None, :, None]
+        spread = xp.broadcast_to(share, (n, c, oh, s, ow, s)).reshape(n, c, oh * s, ow * s)
+        return xp.ascontiguousarray(spread[:, :, :h, :w])
+
+
+class RollChannelsFunction(Function):
+    """y = x with its channels rolled by k: y[:, (c + k) % C] = x[:, c];  dx = dy rolled back by k.
+
+    ``pad_channels(channels="centre")``: rolling the appended zero channels by
+    k moves k of them in front of the input's channels.
+    """
+
+    saved_inputs = ()
+
+    def forward(self, x, shift):
+        self.shift = shift
+        return array_module(x).roll(x, shift, axis=1)
+
+    def backward(self, grad):
+        return array_module(grad).roll(grad, -self.shift, axis=1)
+
+
 def residual_add(f, s, relu=True, name=None):
     """``relu(f + s)`` (or ``f + s``): a block's join, recording the gradient through each side.
 
@@ -113,16 +167,40 @@ def residual_add(f, s, relu=True, name=None):
     return y
 
 
-def pad_channels(x, out_channels, stride=1):
-    """The option-A shortcut: keep every ``stride``-th pixel and zero-pad the channels."""
+POOLS = ("subsample", "avg")          # pad_channels' pool: one pixel per window, or the window's mean
+PLACEMENTS = ("append", "centre")     # pad_channels' channels: zeros after the input's, or split around them
+
+
+def pad_channels(x, out_channels, stride=1, pool="subsample", channels="append"):
+    """The option-A shortcut: each ``stride`` x ``stride`` window to one pixel, then zero channels up to ``out_channels``.
+
+    ``pool``: "subsample" keeps each window's top-left pixel (He et al., and
+    the PyTorch CIFAR code's strided slice); "avg" averages the window
+    (TensorFlow's ``avg_pool(x, s, s, 'VALID')``). Where the stride does not
+    divide the size, both give ceil(size / stride) pixels, as the block's
+    strided 3x3 convolution does: "avg" averages the short last window over
+    the pixels it holds (TensorFlow's 'VALID' would drop them).
+
+    ``channels``: "append" puts the zeros after the input's channels; "centre"
+    splits them around: (out - in) // 2 before, the rest after (so an odd
+    difference puts its extra channel after). TensorFlow's and the PyTorch
+    CIFAR code pad (out - in) // 2 on each side, which fits only an even difference.
+    """
     floating("pad_channels", input=x)
     ndim("pad_channels", x, (4,))
     out_channels = size(out_channels, "out_channels", "pad_channels")
     stride = size(stride, "stride", "pad_channels")
+    for name, value, allowed in (("pool", pool, POOLS), ("channels", channels, PLACEMENTS)):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"pad_channels: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     if out_channels < x.shape[1]:
         raise ShapeError(f"cannot pad {x.shape[1]} channels down to {out_channels} (input shape {x.shape})",
                          op="pad_channels")
-    return PadChannelsFunction.apply(x, out_channels=out_channels, stride=stride)
+    before = (out_channels - x.shape[1]) // 2 if channels == "centre" else 0
+    if pool == "avg" and stride > 1:
+        x, stride = WindowMeanFunction.apply(x, size=stride), 1
+    y = PadChannelsFunction.apply(x, out_channels=out_channels, stride=stride)  # subsample, append
+    return RollChannelsFunction.apply(y, shift=before) if before else y
 
 
 # ---------------------------------------------------------------- the records

@@ -10,25 +10,51 @@
 
 The state dict's keys and shapes are torchvision's, so its checkpoints
 (exported to .npz) load with no renaming.
+
+``stem="cifar"`` swaps conv1 and the max pool for the stem of the common
+PyTorch CIFAR ResNet-18 code (kuangliu/pytorch-cifar): a 3x3 convolution,
+stride 1, and no max pool, so a 32x32 image reaches layer4 at 4x4:
+
+    stem        conv1                               max pool        32x32 input at layer1
+    "imagenet"  7x7, 64, stride 2, padding 3        3x3, stride 2   8x8
+    "cifar"     3x3, 64, stride 1, padding 1        none            32x32
+
+resnet18(stem="cifar", num_classes=10) has 11,173,962 parameters, that code's count.
 """
 from .. import functional as F
 from .. import nn
-from .blocks import BasicBlock, Bottleneck
+from .blocks import BasicBlock, Bottleneck, block_options, one_of
+
+STEMS = ("imagenet", "cifar")
 
 
 class ResNet(nn.Module):
-    """A four-stage ResNet for 224x224 images (other sizes work: the head pools globally)."""
+    """A four-stage ResNet for 224x224 images (other sizes work: the head pools globally).
+
+    ``stem``: "imagenet" (the paper's) or "cifar" (see above); ``shortcut``:
+    "A", "B" (torchvision's) or "C", with ``pad_pool`` and ``pad_channels``
+    choosing option A's form (``minires.models.blocks``); ``stride_on_1x1``:
+    the bottleneck's stride on its first 1x1 (the paper) instead of the 3x3
+    (torchvision's v1.5); ``width``: layer1's channels (64).
+    """
 
     def __init__(self, block, layers, num_classes=1000, in_channels=3, shortcut="B",
-                 zero_init_residual=False, stride_on_1x1=False, width=64):
+                 zero_init_residual=False, stride_on_1x1=False, width=64, stem="imagenet",
+                 pad_pool="subsample", pad_channels="append"):
         super().__init__()
-        self.block_kwargs = {"stride_on_1x1": stride_on_1x1} if block is Bottleneck else {}
+        self.stem_type = one_of("ResNet", "stem", stem, STEMS)
+        self.block_kwargs = block_options(pad_pool=pad_pool, pad_channels=pad_channels)
+        if block is Bottleneck:
+            self.block_kwargs["stride_on_1x1"] = stride_on_1x1
         self.shortcut_option = shortcut
         self.in_planes = width
-        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         self.layer1 = self._make_layer(block, width, layers[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
