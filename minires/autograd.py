@@ -11,7 +11,9 @@ Two kinds of hook let other code watch the gradients go by without the
 engine knowing what they are for (as in PyTorch): ``tensor.register_hook(fn)``
 sees the gradient of a tensor, ``tensor.grad_fn.register_hook(fn)`` sees what
 one Function's backward returned. ``minires.residual`` builds its records
-on the second.
+on the second. A third, ``with function_hook(fn):``, sees each Function as
+``apply`` links it into the graph (what a drawing of the graph needs to know
+before backward frees it).
 
 In-place changes are caught as PyTorch catches them: every tensor has a
 version, bumped by each in-place change (``t.data -= lr * g`` in
@@ -65,6 +67,22 @@ def no_grad():
 def enable_grad():
     """Context manager (or decorator) that turns graph building back on."""
     return _GradMode(True)
+
+
+@contextlib.contextmanager
+def function_hook(hook):
+    """Inside, call ``hook(fn, output)`` each time ``Function.apply`` links an output into the graph.
+
+    Watches a forward pass op by op without the ops knowing (an op counter, a
+    drawing of the graph); what the hook returns is ignored. Per thread; nests.
+    """
+    if "function_hooks" not in vars(_state):
+        _state.function_hooks = []
+    _state.function_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _state.function_hooks.remove(hook)
 
 
 class Function:
@@ -124,6 +142,8 @@ class Function:
         fn.saved_versions = [None if t is None else t._version for t in inputs]
         fn.output_version = result._version
         result.grad_fn = fn
+        for hook in getattr(_state, "function_hooks", ()):
+            hook(fn, result)
         return result
 
     def register_hook(self, hook):
