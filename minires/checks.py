@@ -73,3 +73,25 @@ def windows(op, x, kernel, stride, padding):
         raise ShapeError(f"a {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
                          f"the input of shape {x.shape}", op=op)
     return oh, ow
+
+
+def padding(value, op):
+    """A convolution's or a pool's padding: a pair of ints, or 'same' / 'valid' (any case, as Keras takes it)."""
+    if isinstance(value, str):
+        mode = value.lower()
+        if mode not in ("same", "valid"):
+            where = f"{op}: " if op else ""
+            raise ValueError(f"{where}padding must be an int, a pair of ints, 'same' or 'valid', got {value!r}")
+        return mode
+    return pair(value, "padding", op, 0)
+
+
+def same_padding(size, kernel, stride):
+    """TensorFlow's 'same' padding of one axis, (before, after): the output is ceil(size / stride) long.
+
+    The total, max((out - 1) * stride + kernel - size, 0), is split with the
+    smaller half before (top/left). At stride 1 this is PyTorch's padding='same'.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2

@@ -7,14 +7,20 @@ applies it. The heavy lifting (im2col GEMM, pooling windows) is done by the
 kernels in ``minires.kernels``, chosen per array. The residual add and the
 option-A shortcut live in ``minires.residual``; they are here too, as
 ``F.residual_add`` and ``F.pad_channels``, so a block reads ``F.residual_add(out, self.shortcut(x))``.
+``pad``, ``leaky_relu``, ``nll_loss`` and the label check live in ``minires.functional_extra``
+and are here too (``F.pad``); ``padding='same'`` uses its ``pad``.
 """
 import numpy as np
 
 from . import ops
 from .autograd import Function, increment_version
 from .backend import array_module
-from .checks import floating as _floating, ndim as _ndim, pair as _pair, windows as _windows
-from .errors import DTypeError, ShapeError
+from .checks import (floating as _floating, ndim as _ndim, pair as _pair, padding as _padding,
+                     windows as _windows)
+from .errors import ShapeError
+from .functional_extra import (_check_labels, _label_error, _pending_labels, check_labels,  # noqa: F401
+                               classification_args as _classification_args, leaky_relu, nll_loss, pad,
+                               pad_same as _pad_same, same_counts as _same_counts)
 from .kernels import for_array
 from .residual import pad_channels, residual_add  # noqa: F401  (F.residual_add: the blocks' join)
 from .tensor import Tensor
@@ -56,17 +62,23 @@ class Conv2dFunction(Function):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """2-D convolution of x (N, C, H, W) with weight (O, C, kh, kw), as torch.nn.functional.conv2d."""
+    """2-D convolution of x (N, C, H, W) with weight (O, C, kh, kw), as torch.nn.functional.conv2d.
+
+    ``padding='same'`` keeps H x W at stride 1 (PyTorch's rule); at stride s it gives ceil(H / s) x
+    ceil(W / s), padded as TensorFlow does (any odd extra row or column at the bottom/right).
+    PyTorch refuses 'same' at a stride over 1; Keras models need it. 'valid' is padding 0.
+    """
     _floating("conv2d", input=x, weight=weight, bias=bias)
     _ndim("conv2d", x, (4,))
     _ndim("conv2d", weight, (4,), "weight")
-    stride, padding = _pair(stride, "stride", "conv2d", 1), _pair(padding, "padding", "conv2d", 0)
+    stride, padding = _pair(stride, "stride", "conv2d", 1), _padding(padding, "conv2d")
     if x.shape[1] != weight.shape[1]:
         raise ShapeError(f"expected {weight.shape[1]} input channels, got {x.shape[1]} "
                          f"(input shape {x.shape}, weight shape {weight.shape})", op="conv2d")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ShapeError(f"bias of shape {bias.shape} does not match {weight.shape[0]} output channels",
                          op="conv2d")
+    x, padding = _pad_same("conv2d", x, weight.shape[2:], stride, padding)
     _windows("conv2d", x, weight.shape[2:], stride, padding)
     return Conv2dFunction.apply(x, weight, bias, stride=stride, padding=padding)
 
@@ -207,28 +219,43 @@ class AvgPool2dFunction(Function):
         return self.kernels.avg_pool2d_backward(grad, self.shape, self.kernel, self.stride, self.padding)
 
 
-def _pool_args(op, x, kernel_size, stride, padding):
+def _pool_args(op, x, kernel_size, stride, padding, value):
+    """(x, kernel, stride, padding): 'same' / 'valid' resolved (x padded with ``value`` where it must be)."""
     _floating(op, input=x)
     _ndim(op, x, (4,))
     kernel = _pair(kernel_size, "kernel_size", op, 1)
     stride = kernel if stride is None else _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
+    padding = _padding(padding, op)
+    if not isinstance(padding, str) and (padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]):
         raise ValueError(f"{op}: padding {padding} must be at most half of the kernel size {kernel}")
+    x, padding = _pad_same(op, x, kernel, stride, padding, value)
     _windows(op, x, kernel, stride, padding)
-    return kernel, stride, padding
+    return x, kernel, stride, padding
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Max pooling over kh x kw windows (stride defaults to the kernel size); padding is -inf."""
-    kernel, stride, padding = _pool_args("max_pool2d", x, kernel_size, stride, padding)
+    """Max pooling over kh x kw windows (stride defaults to the kernel size); padding is -inf.
+
+    ``padding='same'`` pads as TensorFlow does (see ``conv2d``), with -inf; 'valid' is padding 0.
+    """
+    x, kernel, stride, padding = _pool_args("max_pool2d", x, kernel_size, stride, padding, -np.inf)
     return MaxPool2dFunction.apply(x, kernel=kernel, stride=stride, padding=padding)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Average pooling over kh x kw windows; padded zeros count (count_include_pad=True)."""
-    kernel, stride, padding = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
-    return AvgPool2dFunction.apply(x, kernel=kernel, stride=stride, padding=padding)
+    """Average pooling over kh x kw windows; padded zeros count (count_include_pad=True).
+
+    ``padding='same'`` pads as TensorFlow does and, as TensorFlow does, divides each window by the
+    number of real pixels in it (padding not counted); 'valid' is padding 0.
+    """
+    same = isinstance(padding, str) and padding.lower() == "same"
+    size = x.shape[2:] if isinstance(x, Tensor) else None
+    x, kernel, stride, padding = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 0.0)
+    y = AvgPool2dFunction.apply(x, kernel=kernel, stride=stride, padding=padding)
+    counts = _same_counts(size, kernel, stride) if same else None
+    if same and (counts < kernel[0] * kernel[1]).any():  # windows over padding: the real pixels' mean
+        y = y * Tensor(array_module(y.data).asarray((kernel[0] * kernel[1]) / counts, dtype=y.dtype))
+    return y
 
 
 class AdaptiveAvgPool2dFunction(Function):
@@ -429,65 +456,7 @@ class CrossEntropyFunction(Function):
 
 
 def cross_entropy(logits, target, reduction="mean"):
-    """Softmax cross-entropy of logits (N, K) against integer class labels (N,)."""
-    _floating("cross_entropy", logits=logits)
-    if not isinstance(target, Tensor):
-        target = Tensor(target)  # a list, a NumPy or a CuPy array: kept on its device
-    if target.dtype.kind not in "iu":
-        raise DTypeError(f"target must hold integer class labels, got dtype {target.dtype} "
-                         f"(shape {target.shape})", op="cross_entropy")
-    if logits.ndim != 2 or target.shape != (logits.shape[0],):
-        raise ShapeError(f"expected logits (N, K) and target (N,), got logits {logits.shape} and "
-                         f"target {target.shape}", op="cross_entropy")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    """Softmax cross-entropy of logits (N, K) against integer class labels (N,): nll_loss(log_softmax(logits))."""
+    target = _classification_args("cross_entropy", logits, target, reduction)
     bad = _check_labels(target.data, logits.shape[1]) if target.size else None
     return CrossEntropyFunction.apply(logits, target, reduction=reduction, bad=bad)
-
-
-# (number of classes, device id) -> (smallest, largest) device label since the last check_labels(), on the device
-_pending_labels = {}
-
-
-def _label_error(classes, low, high):
-    return ValueError(f"cross_entropy: labels must lie in [0, {classes}), got min {low} and max {high}")
-
-
-def _check_labels(labels, classes):
-    """Check that class labels lie in [0, classes): host labels now, device labels on their device.
-
-    Reading a NumPy array costs nothing, so host labels raise here. Reading a GPU array makes the host
-    wait for the GPU, so a device batch's smallest and largest labels stay on the device, folded into
-    ``_pending_labels`` until ``check_labels()`` reads them; the returned device flag turns that batch's
-    loss and gradient into NaN meanwhile. Returns None for host labels.
-    """
-    if isinstance(labels, np.ndarray):
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
-            raise _label_error(classes, low, high)
-        return None
-    xp = array_module(labels)
-    low, high = labels.min(), labels.max()
-    bad = (low < 0) | (high >= classes)
-    key = (classes, getattr(getattr(labels, "device", None), "id", None))
-    if key in _pending_labels:
-        old_low, old_high = _pending_labels[key]
-        low, high = xp.minimum(low, old_low), xp.maximum(high, old_high)
-    _pending_labels[key] = (low, high)
-    return bad
-
-
-def check_labels():
-    """Raise the ValueError that ``cross_entropy`` defers for labels on a GPU, if any was out of range.
-
-    GPU labels are checked on the GPU, so a training step never waits for it; this reads those checks
-    (one wait), for every ``cross_entropy`` call since the last ``check_labels()``. Until then a batch
-    with a bad label has a NaN loss and NaN gradients. The training loop calls it whenever it reads its
-    metrics; code that trains on a GPU by hand can call it as often as it reads its loss.
-    """
-    pending = dict(_pending_labels)
-    _pending_labels.clear()
-    for (classes, _), (low, high) in pending.items():
-        low, high = int(low), int(high)
-        if low < 0 or high >= classes:
-            raise _label_error(classes, low, high)

@@ -28,7 +28,7 @@ LAYER = {
     "ops": 3,
     "tensor": 4,
     "checks": 5, "gradcheck": 5, "serialization": 5,
-    "residual": 6, "distributed": 6,
+    "residual": 6, "distributed": 6, "functional_extra": 6,  # functional re-exports functional_extra: below it
     "functional": 7, "ring": 7,
     "nn": 8, "optim": 8, "data": 8,
     "models": 9,

@@ -1,5 +1,6 @@
 """The layers: thin Modules over ``minires.functional``, named and initialised as in PyTorch."""
 import math
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -7,7 +8,7 @@ import numpy as np
 from .. import distributed
 from .. import functional as F
 from ..autograd import increment_version
-from ..checks import floating, pair, size
+from ..checks import floating, pair, padding as padding_arg, size
 from ..errors import ShapeError
 from ..tensor import Tensor
 from . import init
@@ -22,27 +23,37 @@ class Identity(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution; the weight starts Kaiming-normal with fan_out, as torchvision's ResNet does."""
+    """2-D convolution; the weight starts Kaiming-normal with fan_out, as torchvision's ResNet does.
+
+    ``padding`` is an int, a pair, 'valid' (0) or 'same': the output is H x W at stride 1 and
+    ceil(H / s) x ceil(W / s) at stride s, padded as TensorFlow does (PyTorch refuses 'same' at a stride over 1).
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
         self.in_channels = size(in_channels, "in_channels", "Conv2d")
         self.out_channels = size(out_channels, "out_channels", "Conv2d")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d", 1)
-        self.stride, self.padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
+        self.stride, self.padding = pair(stride, "stride", "Conv2d", 1), padding_arg(padding, "Conv2d")
         self.weight = Parameter(np.empty((out_channels, in_channels) + self.kernel_size, dtype=np.float32))
-        init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         if bias:
             self.bias = Parameter(np.zeros(out_channels, dtype=np.float32))
         else:
             self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Kaiming-normal weight (fan_out, as torchvision's ResNet), zero bias."""
+        init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            init.zeros_(self.bias)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}" + (", bias=False" if self.bias is None else ""))
+                f"stride={self.stride}, padding={self.padding!r}" + (", bias=False" if self.bias is None else ""))
 
 
 class BatchNorm2d(Module):
@@ -143,25 +154,122 @@ class ReLU(Module):
         return F.relu(x)
 
 
+class LeakyReLU(Module):
+    """y = x for x > 0, else negative_slope * x (PyTorch's default slope 0.01; Keras' LeakyReLU uses 0.3)."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.integer, np.floating)):
+            raise TypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
+        self.negative_slope, self.inplace = float(negative_slope), inplace
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Softmax(Module):
+    """exp(x) / sum(exp(x)) along ``dim`` (give it: dim=None picks PyTorch's legacy default, with a warning)."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def _dim(self, x):
+        if self.dim is not None:
+            return self.dim
+        warnings.warn(f"{type(self).__name__}: implicit dimension choice is deprecated (as in PyTorch); "
+                      "pass dim=, e.g. dim=1 for (N, K) scores", UserWarning, stacklevel=3)
+        return 0 if x.ndim in (0, 1, 3) else 1
+
+    def forward(self, x):
+        return F.softmax(x, self._dim(x))
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """log(softmax(x)) along ``dim``, without overflow; ``NLLLoss`` after it is ``CrossEntropyLoss``."""
+
+    def forward(self, x):
+        return F.log_softmax(x, self._dim(x))
+
+
+class ConstantPad2d(Module):
+    """Pad the last two axes with ``value``: padding is an int or (left, right, top, bottom); negative crops."""
+
+    mode = "constant"
+
+    def __init__(self, padding, value=0.0):
+        super().__init__()
+        name = type(self).__name__
+        given = (padding,) * 4 if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) else padding
+        if not isinstance(given, (tuple, list)) or len(given) != 4:
+            raise ValueError(f"{name}: padding must be an int or a 4-tuple (left, right, top, bottom), got {padding!r}")
+        if any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) for p in given):
+            raise TypeError(f"{name}: padding must hold ints, got {padding!r}")
+        if self.mode != "constant" and min(given) < 0:
+            raise ValueError(f"{name}: padding must be non-negative, got {padding!r}")
+        self.padding, self.value = tuple(int(p) for p in given), value
+
+    def forward(self, x):
+        if self.mode == "constant":
+            return F.pad(x, self.padding, value=self.value)
+        return F.pad(x, self.padding, mode=self.mode)
+
+    def extra_repr(self):
+        return f"padding={self.padding}" + (f", value={self.value}" if self.mode == "constant" else "")
+
+
+class ZeroPad2d(ConstantPad2d):
+    """Pad the last two axes with zeros (Keras' ZeroPadding2D((top, bottom), (left, right)) reordered)."""
+
+    def __init__(self, padding):
+        super().__init__(padding, 0.0)
+
+
+class ReflectionPad2d(ConstantPad2d):
+    """Pad the last two axes with their reflection (the edge not repeated); each side below the axis' size."""
+
+    mode = "reflect"
+
+    def __init__(self, padding):
+        super().__init__(padding)
+
+
+class ReplicationPad2d(ReflectionPad2d):
+    """Pad the last two axes by repeating their edge pixels."""
+
+    mode = "replicate"
+
+
 class MaxPool2d(Module):
+    """Max pooling; ``padding='same'`` pads with -inf as TensorFlow does (any stride), 'valid' is 0."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name, stride = type(self).__name__, kernel_size if stride is None else stride
-        kernel, pad = pair(kernel_size, "kernel_size", name, 1), pair(padding, "padding", name, 0)
+        kernel, pad = pair(kernel_size, "kernel_size", name, 1), padding_arg(padding, name)
         pair(stride, "stride", name, 1)
-        if 2 * pad[0] > kernel[0] or 2 * pad[1] > kernel[1]:
+        if not isinstance(pad, str) and (2 * pad[0] > kernel[0] or 2 * pad[1] > kernel[1]):
             raise ValueError(f"{name}: padding {padding!r} must be at most half of the kernel size "
                              f"{kernel_size!r}")
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding = pad if isinstance(pad, str) else padding
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
 
 
 class AvgPool2d(MaxPool2d):
+    """Average pooling; ``padding='same'`` divides by the real pixels of each window, as TensorFlow does."""
+
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
@@ -188,13 +296,19 @@ class Linear(Module):
         super().__init__()
         self.in_features = size(in_features, "in_features", "Linear")
         self.out_features = size(out_features, "out_features", "Linear")
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = init.uniform_(Parameter(np.empty((out_features, in_features), dtype=np.float32)),
-                                    -bound, bound)
+        self.weight = Parameter(np.empty((out_features, in_features), dtype=np.float32))
         if bias:
-            self.bias = init.uniform_(Parameter(np.empty(out_features, dtype=np.float32)), -bound, bound)
+            self.bias = Parameter(np.empty(out_features, dtype=np.float32))
         else:
             self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight, then bias, uniform on +-1/sqrt(in_features)."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -223,6 +337,13 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, target):
         return F.cross_entropy(logits, target, self.reduction)
+
+
+class NLLLoss(CrossEntropyLoss):
+    """Negative log-likelihood of log-probabilities (after ``LogSoftmax(dim=1)``) at integer labels."""
+
+    def forward(self, log_probs, target):
+        return F.nll_loss(log_probs, target, self.reduction)
 
 
 class Sequential(Module):
