@@ -43,5 +43,10 @@ __version__ = "0.1.0"
 
 
 def use_kernels(name):
-    """Force a kernel backend for its device: "numpy" or "numba" (CPU), "cupy" or "numba-cuda" (GPU)."""
+    """Force a kernel backend for its device: "numpy" or "numba" (CPU), "cupy" or "numba-cuda" (GPU).
+
+    "auto" gives the CPU back its automatic choice: "numba" when it is installed
+    and loads, "numpy" without it or in a student copy. ``MINIRES_KERNELS`` sets
+    a process's default; ``minires.kernels.why()`` says which choice ran and why.
+    """
     return kernels.use(name)
