@@ -47,8 +47,8 @@ class LayerRow:
     """One module of the model: its qualified name, type, output shape, parameters and multiply-adds.
 
     ``params`` (= ``trainable`` + ``non_trainable``), ``buffers``, ``counters`` and ``macs``
-    include everything under the module (a block's row sums its layers); ``output_shape`` is that of the module's first call
-    (None if the forward pass never called it). ``block`` is True where the
+    include everything under the module (a block's row sums its layers); ``output_shape`` is that of the
+    module's first call (None if the forward pass never called it). ``block`` is True where the
     module's forward ended in ``F.residual_add``: a residual block (or a plain one).
     """
 
