@@ -17,7 +17,7 @@ Option A comes in four forms (``pad_pool`` x ``pad_channels`` on every block,
 ``pool`` x ``channels`` on ``PadChannels`` and ``F.pad_channels``):
 
     pad_pool    pad_channels   who uses it
-    subsample   append         He et al.'s description; minires' default
+    subsample   append         the plainest reading of He et al.; minires' default
     subsample   centre         the PyTorch CIFAR code (akamaster/pytorch_resnet_cifar10)
     avg         centre         TensorFlow's CIFAR ResNet (tensorflow/models, research/resnet)
     avg         append         the fourth combination, for comparison
