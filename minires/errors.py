@@ -23,6 +23,9 @@ class _LayerError:
         self.module = None          # the outermost module the error has left so far (Module.__call__ sets it)
         self.provisional = False    # path[-1] is that module's own attribute name, until its parent says
 
+    def __reduce__(self):  # pickles (to another process) without the module it passed through
+        return type(self), self.args, dict(vars(self), module=None)
+
     def __str__(self):
         if self.layer is None:
             return f"{self.op}: {self.message}" if self.op else self.message

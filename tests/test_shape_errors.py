@@ -10,6 +10,7 @@ ops is checked against ``minires.ops`` itself, so a new op cannot skip it.
 """
 import inspect
 import operator
+import pickle
 
 import numpy as np
 import pytest
@@ -212,3 +213,15 @@ def test_a_module_shared_between_two_parents_is_named_where_it_was_called():
         net.b(minires.randn(2, 16, 8, 8))
     with pytest.raises(ShapeError, match=r"^Block\(a\.1\): add: "):
         net.a(minires.randn(2, 16, 8, 8))
+
+
+def test_a_labelled_error_pickles_without_its_module():
+    with pytest.raises(ShapeError) as info:
+        Net()(minires.randn(8, 3, 32, 32))
+    assert info.value.module is not None
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is ShapeError and str(copy) == BLOCK_MESSAGE and copy.module is None
+    with pytest.raises(IndexShapeError) as info:
+        nn.Sequential(Holder(lambda: f32(2)[3]))(f32(1))
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(copy, IndexError) and str(copy) == str(info.value)
