@@ -100,7 +100,8 @@ def test_residual_add_edges_say_branch_and_shortcut():
     graph = draw_graph(y, names={"x": x, "w": w})
     assert _edges(graph) == sorted([("x", "Conv2d", "data"), ("w", "Conv2d", "data"),
                                     ("Conv2d", "ResidualAdd + ReLU", "branch"), ("x", "ResidualAdd + ReLU", "shortcut")])
-    assert graph.node("ResidualAdd + ReLU").kind == "add"
+    add = graph.node("ResidualAdd + ReLU")
+    assert add.kind == "add" and add.module == "block"   # the name given to residual_add
     plain = draw_graph(F.residual_add(F.conv2d(x, w), x, relu=False), names={"x": x, "w": w})
     assert {n.name for n in plain.nodes} >= {"ResidualAdd"}
 

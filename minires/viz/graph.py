@@ -343,8 +343,10 @@ def _op_node(op, me):
     where = op.call.name if op.call is not None and op.call.path else None
     if not op.is_add:
         return GraphNode(me, "op", op.name, where, op.shape, op.dtype, op.grad)
+    record = op.residual_record()                    # outside a model, the name given to residual_add
+    where = where or (record.name if record is not None else None)
     node = GraphNode(me, "add", "ResidualAdd" + (" + ReLU" if op.relu else ""), where, op.shape, op.dtype, op.grad)
-    return _via(node, op.residual_record())
+    return _via(node, record)
 
 
 def _box_node(watch, call, keys, inside):
@@ -391,9 +393,9 @@ def draw_graph(tensor, path=None, *, model=None, names=None, depth=None, watch=N
             if len(_build(found, root, depth)[0]) <= MAX_NODES:
                 break
     nodes, edges = _build(found, root, depth)
-    ops = sum(n.kind in ("op", "add") for n in nodes)
+    ops, boxes = sum(n.kind in ("op", "add") for n in nodes), sum(n.kind == "module" for n in nodes)
     if title is None:
-        title = f"autograd graph: {ops} ops" + (f", modules at depth {depth} as boxes" if depth is not None else "")
+        title = f"autograd graph: {ops} ops" + (f", {boxes} modules (depth {depth}) as boxes" if boxes else "")
     graph = AutogradGraph(nodes, edges, title, depth, dpi=dpi)
     if path is not None:
         graph.save(path, backend)

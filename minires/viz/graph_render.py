@@ -169,12 +169,26 @@ def render(graph, fmt, backend, dpi):
         raise ValueError(f"draw_graph: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "graphviz" or (backend == "auto" and shutil.which("dot")):
         try:
-            return _graphviz(graph, fmt, dpi), "graphviz"
+            return _compact(_graphviz(graph, fmt, dpi), fmt), "graphviz"
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             if backend == "graphviz":
                 raise
             warnings.warn(f"{exc}; drawing with matplotlib instead", RuntimeWarning, stacklevel=3)
-    return _matplotlib(graph, fmt, dpi), "matplotlib"
+    return _compact(_matplotlib(graph, fmt, dpi), fmt), "matplotlib"
+
+
+def _compact(data, fmt):
+    """A PNG in 64 colours (a few pastel fills and black text: it looks the same at a third of the bytes)."""
+    try:
+        from PIL import Image
+    except ImportError:                                # Pillow comes with Matplotlib; without it, as drawn
+        return data
+    if fmt != "png":
+        return data
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").quantize(64, method=Image.Quantize.MEDIANCUT).save(out, "PNG",
+                                                                                                  optimize=True)
+    return out.getvalue()
 
 
 # ------------------------------------------------------------------ Matplotlib
@@ -228,6 +242,8 @@ def layout(graph):
             x[i] = left + size[i][0] / 2
             left += size[i][0] + GAP_X
 
+    side = {i: 2 if isinstance(i, tuple) else 1 if i in main else 0 for i in rank}   # leaves left, long edges right
+
     def anchors(i):                                    # an op follows ops; a leaf follows what it feeds
         on_main = [j for j in near[i] if j in main]
         return on_main if i in main and on_main else near[i]
@@ -235,8 +251,8 @@ def layout(graph):
     for sweep in range(24):
         for r in (sorted(rows) if sweep % 2 == 0 else sorted(rows, reverse=True)):
             want = {i: sum(x[j] for j in anchors(i)) / len(anchors(i)) if anchors(i) else x[i] for i in rows[r]}
-            row = sorted(rows[r], key=lambda i: (want[i], x[i]))
-            p = max(range(len(row)), key=lambda k: (row[k] in main, len(near[row[k]])))
+            row = sorted(rows[r], key=lambda i: (side[i], want[i], x[i]))
+            p = max(range(len(row)), key=lambda k: (side[row[k]] == 1, len(near[row[k]])))
             x[row[p]] = want[row[p]]                   # the row's main node where it wants to be, the rest
             for a, b in zip(row[p:], row[p + 1:]):     # packed around it, no closer than the gap
                 x[b] = max(want[b], x[a] + (size[a][0] + size[b][0]) / 2 + GAP_X)
@@ -271,7 +287,8 @@ def _matplotlib(graph, fmt, dpi):
 
     boxes, routes = layout(graph)
     margin, head = 0.2, 0.45
-    width = max(max(x + w / 2 for x, _, w, _ in boxes.values()) + 2 * margin, 3.0)
+    right = max([x + w / 2 for x, _, w, _ in boxes.values()] + [x + 0.6 for route in routes for x, _ in route])
+    width = max(right + 2 * margin, 3.0)
     height = max(y + h / 2 for _, y, _, h in boxes.values()) + head + margin
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
