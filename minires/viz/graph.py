@@ -317,6 +317,10 @@ def _build(watch, root, depth):
     for k in keys - set(ops):           # a leaf used only inside one box, not as its argument, is drawn in it
         (only,) = consumers[k] if len(consumers[k]) == 1 else (None,)
         ids[k] = only if only in by_id and k not in by_id[only].args else f"t{k[1:]}"
+    members = collections.defaultdict(list)         # a box's ops and the leaves drawn inside it
+    for k in sorted(keys, key=str):
+        if ids[k] in by_id:
+            members[ids[k]].append(k)
     nodes, placed, edges = [], set(), {}
     for k in ops:
         op, me = watch.ops[k], ids[k]
@@ -327,8 +331,8 @@ def _build(watch, root, depth):
         if me not in placed:
             placed.add(me)
             if k in boxes:
-                inside = sum(1 for i in keys if i in watch.leaves and ids[i] == me)
-                nodes.append(_box_node(watch, boxes[k], [j for j in ops if ids[j] == me], inside))
+                inner = [j for j in members[me] if j in watch.ops]
+                nodes.append(_box_node(watch, boxes[k], inner, len(members[me]) - len(inner)))
             else:
                 nodes.append(_op_node(op, me))
         for pos, i in enumerate(op.inputs):
