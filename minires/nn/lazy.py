@@ -11,10 +11,9 @@ changes, as PyTorch's does). An optimizer built from ``parameters()`` before
 that call holds the same objects, so it trains them.
 
 Anything that needs the values before then is an error that says what to
-do: ``state_dict()``, saving, ``.numpy()``. ``load_state_dict`` into the lazy
-layer itself takes the shapes from the checkpoint; a model that holds a lazy
-layer needs one batch through it first (a dry run, ``model(x[:1])``) before
-its own ``load_state_dict``.
+do: ``state_dict()``, saving, ``.numpy()``. ``load_state_dict``, into the lazy
+layer or into a model that holds it, takes the shapes from the checkpoint (as
+PyTorch's does); a load that fails leaves the layer lazy.
 """
 import numpy as np
 
@@ -73,25 +72,28 @@ class _Lazy:
             self.bias.materialize((self.weight.shape[0],))
         self.reset_parameters()  # Conv2d's or Linear's: the same draws as an eager layer
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Load, taking the input size from the checkpoint's weight when the layer has not run yet."""
-        weight = state_dict["weight"] if "weight" in state_dict.keys() else None
+    def _prepare_load(self, state_dict, prefix):
+        """Before a load_state_dict of this layer or a model holding it: take the input size from the checkpoint.
+
+        Returns how to undo it (the load may still fail), or None when there is nothing to do.
+        """
+        weight = state_dict[prefix + "weight"] if prefix + "weight" in state_dict.keys() else None
         shape = getattr(weight, "shape", None)
         if not self.has_uninitialized_params() or shape is None or len(shape) != len(self.weight.shape):
-            return Module.load_state_dict(self, state_dict, strict)
+            return None
         owners = {n: p._owner for n, p in self._parameters.items() if p is not None}
         placeholders = {n: p.shape for n, p in self._parameters.items() if p is not None}
+        lazy_class = type(self)
         self._materialize(int(shape[1]))  # drawn first: a key strict=False lets go missing is still initialised
-        try:
-            result = Module.load_state_dict(self, state_dict, strict)
-        except Exception:
+        self.__class__ = self.cls_to_become
+
+        def undo():
+            self.__class__ = lazy_class
             setattr(self, self._in_name, 0)
             for name, p in self._parameters.items():
                 if p is not None:
                     _unmaterialize(p, placeholders[name], owners[name])
-            raise
-        self.__class__ = self.cls_to_become
-        return result
+        return undo
 
 
 class LazyConv2d(_Lazy, Conv2d):

@@ -284,7 +284,21 @@ class Module:
         Every value is checked and converted before any is assigned: a missing
         key or an unexpected one (with ``strict``) or a wrong shape raises
         ``StateDictError`` listing all of them, and the module is left unchanged.
+        A submodule that takes its shapes from the checkpoint (a lazy layer) does
+        so first, through its ``_prepare_load(state_dict, prefix)``, which returns
+        how to undo it if the load then fails.
         """
+        undo = [m._prepare_load(state_dict, f"{name}." if name else "")
+                for name, m in self.named_modules() if hasattr(m, "_prepare_load")]
+        try:
+            return self._load_checked(state_dict, strict)
+        except BaseException:
+            for restore in reversed(undo):
+                if restore is not None:
+                    restore()
+            raise
+
+    def _load_checked(self, state_dict, strict):
         targets = OrderedDict(self._state_items())
         given = {k: state_dict[k] for k in state_dict.keys()}
         missing = [k for k in targets if k not in given]
