@@ -20,7 +20,8 @@ from .checks import (floating as _floating, ndim as _ndim, pair as _pair, paddin
 from .errors import ShapeError
 from .functional_extra import (_check_labels, _label_error, _pending_labels, check_labels,  # noqa: F401
                                classification_args as _classification_args, leaky_relu, nll_loss, pad,
-                               pad_same as _pad_same, same_counts as _same_counts)
+                               pad_same as _pad_same, picked_losses as _picked_losses,
+                               same_counts as _same_counts)
 from .kernels import for_array
 from .residual import pad_channels, residual_add  # noqa: F401  (F.residual_add: the blocks' join)
 from .tensor import Tensor
@@ -429,18 +430,9 @@ class CrossEntropyFunction(Function):
         xp = array_module(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        rows = xp.arange(logits.shape[0])
-        if bad is not None:  # device labels, maybe out of range (see check_labels): index in range, give NaN
-            target = target.clip(0, logits.shape[1] - 1)
-        losses = -log_probs[rows, target]
-        if bad is not None:
-            losses = xp.where(bad, losses.dtype.type(np.nan), losses)
-        self.probs, self.target, self.reduction, self.bad = xp.exp(log_probs), target, reduction, bad
-        if reduction == "none":
-            return losses
-        if reduction == "mean" and not losses.size:
-            return xp.asarray(xp.nan, dtype=logits.dtype)  # an empty batch's mean, as in PyTorch
-        return losses.sum() if reduction == "sum" else losses.mean()
+        self.probs, self.reduction, self.bad = xp.exp(log_probs), reduction, bad
+        loss, self.target = _picked_losses(log_probs, target, reduction, bad)
+        return loss
 
     def backward(self, grad):
         xp = array_module(grad)

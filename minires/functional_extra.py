@@ -193,18 +193,9 @@ class NLLLossFunction(Function):
     saved_inputs = (1,)  # the labels
 
     def forward(self, x, target, reduction, bad=None):
-        xp = array_module(x)
-        if bad is not None:  # device labels, maybe out of range (see _check_labels): index in range, give NaN
-            target = target.clip(0, x.shape[1] - 1)
-        losses = -x[xp.arange(x.shape[0]), target]
-        if bad is not None:
-            losses = xp.where(bad, losses.dtype.type(np.nan), losses)
-        self.shape, self.target, self.reduction, self.bad = x.shape, target, reduction, bad
-        if reduction == "none":
-            return losses
-        if reduction == "mean" and not losses.size:
-            return xp.asarray(xp.nan, dtype=x.dtype)  # an empty batch's mean, as in PyTorch
-        return losses.sum() if reduction == "sum" else losses.mean()
+        self.shape, self.reduction, self.bad = x.shape, reduction, bad
+        loss, self.target = picked_losses(x, target, reduction, bad)
+        return loss
 
     def backward(self, grad):
         xp = array_module(grad)
@@ -216,6 +207,25 @@ class NLLLossFunction(Function):
         dx = xp.zeros(self.shape, dtype=grad.dtype)
         dx[xp.arange(n), self.target] = share
         return dx, None
+
+
+def picked_losses(log_probs, target, reduction, bad):
+    """(-log_probs[i, target_i] reduced, the labels used): what nll_loss and cross_entropy return.
+
+    ``bad`` marks device labels out of range (see _check_labels): they index
+    within range here, and their losses are NaN, so no host sync is needed.
+    """
+    xp = array_module(log_probs)
+    if bad is not None:
+        target = target.clip(0, log_probs.shape[1] - 1)
+    losses = -log_probs[xp.arange(log_probs.shape[0]), target]
+    if bad is not None:
+        losses = xp.where(bad, losses.dtype.type(np.nan), losses)
+    if reduction == "none":
+        return losses, target
+    if reduction == "mean" and not losses.size:
+        return xp.asarray(xp.nan, dtype=log_probs.dtype), target  # an empty batch's mean, as in PyTorch
+    return (losses.sum() if reduction == "sum" else losses.mean()), target
 
 
 def classification_args(op, scores, target, reduction, what="logits"):
