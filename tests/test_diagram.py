@@ -11,8 +11,10 @@ import shutil
 import stat
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
+import minires
 import minires.functional as F
 from minires import models, nn
 from minires.models import ResidualBlock
@@ -153,6 +155,18 @@ def test_matplotlib_svg_dashes_exactly_the_projections(tmp_path, name, dashed, c
         assert "stroke-dasharray" not in path.read_text()
 
 
+@pytest.mark.parametrize("backend", ["matplotlib", "graphviz"])
+def test_a_png_is_stored_in_64_colours(tmp_path, backend):
+    """As draw_graph's: a few pastel fills and dark text look the same in a palette of 64 colours."""
+    if backend == "graphviz" and shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot is not installed")
+    from PIL import Image
+    path = tmp_path / "r.png"
+    plot_model(models.resnet20(), path, backend=backend)
+    image = Image.open(path)
+    assert image.mode == "P" and len(image.getcolors()) <= 64
+
+
 def test_matplotlib_leaves_pyplot_alone(tmp_path):
     import matplotlib
     backend = matplotlib.get_backend()
@@ -191,6 +205,19 @@ def test_dot_quotes_are_escaped():
     assert 'digraph "my \\"net\\"\\\\" {' in to_dot(diagram)
 
 
+def test_both_drawings_quote_dot_strings_alike():
+    """plot_model's diagram and draw_graph's autograd graph write their DOT strings with one quote."""
+    from minires.viz import draw_graph, watch_graph
+    x = minires.Tensor(np.ones((1, 2), dtype=np.float32), requires_grad=True)
+    with watch_graph(names={"x": x}):
+        y = (x * 2).sum()
+    title = 'a "title"\\ on\ntwo lines'
+    diagram = model_diagram(models.resnet20())
+    diagram.model = title
+    expected = 'digraph "a \\"title\\"\\\\ on\\ntwo lines" {'
+    assert to_dot(diagram).startswith(expected) and draw_graph(y, title=title).to_dot().startswith(expected)
+
+
 def _fake_dot(folder, body):
     """A `dot` on PATH that logs its arguments and stdin, then runs ``body`` (sh)."""
     script = folder / "dot"
@@ -202,12 +229,12 @@ def _fake_dot(folder, body):
 def test_graphviz_is_called_with_the_source(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _fake_dot(bin_dir, 'for last; do :; done\nprintf fake > "$last"')
+    _fake_dot(bin_dir, "printf fake")                          # the image on stdout; plot_model writes the file
     monkeypatch.setenv("PATH", str(bin_dir))
     out = tmp_path / "r.svg"
     diagram = plot_model(models.resnet20(), out)                 # auto: dot is on PATH
     assert diagram.backend == "graphviz" and out.read_text() == "fake"
-    assert (bin_dir / "args").read_text().split() == ["-Tsvg", "-o", str(out)]
+    assert (bin_dir / "args").read_text().split() == ["-Tsvg"]
     assert (bin_dir / "stdin").read_text() == to_dot(model_diagram(models.resnet20()))
 
 
@@ -267,6 +294,20 @@ def test_models_without_blocks_and_a_lone_block():
     block = model_diagram(models.resnet20().layer2[0])
     assert [n.kind for n in block.nodes] == ["input", "block", "add", "output"]
     assert [(e.style, e.label) for e in block.shortcuts] == [("dashed", "zero-pad to 32 /2")]
+
+
+@pytest.mark.parametrize("pool, channels, label", [
+    ("subsample", "append", "zero-pad to 32 /2"), ("avg", "append", "avg-pool /2, zero-pad to 32"),
+    ("subsample", "centre", "zero-pad centred to 32 /2"), ("avg", "centre", "avg-pool /2, zero-pad centred to 32")])
+def test_an_option_a_shortcut_says_its_form(pool, channels, label):
+    """PadChannels' pool and channel placement show in the label when they are not the default."""
+    model = models.resnet20(pad_pool=pool, pad_channels=channels)
+    diagram = model_diagram(model)
+    assert {e.block: e.label for e in diagram.shortcuts if e.style == "dashed"} == \
+        {"layer2.0": label, "layer3.0": label.replace("32", "64")}
+    assert f'label=" {label}"' in to_dot(diagram)
+    expanded = {n.name: n.label for n in model_diagram(model, expand_nested=True).nodes}["layer2.0"]
+    assert "zero-pad" not in expanded and "avg-pool" not in expanded                # the branch leaves it out
 
 
 # ---------------------------------------------------------------- blocks found by what they do

@@ -52,10 +52,18 @@ def _describe(name, m, tag=True):
     if isinstance(m, nn.Linear):
         return f"fc {m.out_features}"
     if isinstance(m, PadChannels):
-        return f"zero-pad to {m.out_channels}{_stride(m.stride)}"
+        return _pad_label(m)
     if isinstance(m, (nn.Identity, nn.Flatten)):
         return None
     return type(m).__name__
+
+
+def _pad_label(m):
+    """An option-A shortcut: "zero-pad to 32 /2" in its default form (subsample, zeros appended), else
+    saying how it pools and where the zeros go: "avg-pool /2, zero-pad centred to 32"."""
+    pad = f"zero-pad{' centred' if m.channels == 'centre' else ''} to {m.out_channels}"
+    stride = _stride(m.stride)
+    return f"avg-pool{stride}, {pad}" if m.pool == "avg" and stride else pad + stride
 
 
 def _leaves(name, module):

@@ -18,14 +18,13 @@ an edge from every earlier output that the concatenation holds (kind "concat"),
 as in Figure 1 of Huang et al. 2017: each layer's output feeds all later layers.
 
 The diagram is first built as plain data (``model_diagram``: nodes and edges
-with their styles), then rendered (``diagram_draw``) by Graphviz's ``dot`` where
-it is on PATH, else by Matplotlib (no pyplot, so no global backend is touched).
+with their styles), then drawn (``diagram_draw``: its DOT source and its figure)
+by Graphviz's ``dot`` where it is on PATH, else by Matplotlib (no pyplot, so no
+global backend is touched), as ``draw_graph`` draws (``render``: the choice, ``dot``, PNGs in 64 colours).
 ``plot_model`` also takes the keywords of Keras's ``plot_model`` (``to_file``,
 ``show_shapes``, ``rankdir``, ...), so a ported script runs unchanged.
 """
 import os
-import shutil
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 
@@ -36,9 +35,9 @@ from ..tensor import Tensor
 from . import diagram_draw
 from .architecture import (PROBE_SIZE, _block_layers, _concat_blocks, _describe, _forward, _shortcut,  # noqa: F401
                            _sources, _trainable, _units, _weight_layers)
+from .render import check_backend, draw, image_format, run_dot, save_figure
 from .summary import _no_blocks_note
 
-BACKENDS = ("auto", "graphviz", "matplotlib")
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
 RANKDIRS = ("TB", "LR")
 KERAS_KEYWORDS = ("to_file", "show_shapes", "show_dtype", "show_layer_names", "rankdir", "expand_nested", "dpi",
@@ -344,15 +343,10 @@ def plot_model(model, path=None, input_shape=None, backend="auto", *, to_file=No
     if path is None and to_file is None:
         raise TypeError("plot_model: missing the file to draw to: plot_model(model, 'model.png') "
                         "or, as in Keras, plot_model(model, to_file='model.png')")
-    if backend not in BACKENDS:
-        raise ValueError(f"plot_model: backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend, "plot_model")
     rankdir, dpi = _rankdir(rankdir), _dpi(dpi)
     path = os.fspath(path if path is not None else to_file)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise ValueError(f"plot_model: cannot tell the image format from {path!r}; "
-                         f"use one of {', '.join(sorted(FORMATS))}")
-    fmt = FORMATS[ext]
+    fmt = image_format(path, FORMATS, "plot_model")
     if fmt == "dot" and backend == "matplotlib":
         raise ValueError("plot_model: a .dot file is Graphviz source; choose .png, .svg or .pdf for matplotlib")
     diagram = model_diagram(model, input_shape, show_shapes=show_shapes, show_dtype=show_dtype,
@@ -365,18 +359,15 @@ def plot_model(model, path=None, input_shape=None, backend="auto", *, to_file=No
             fh.write(diagram_draw.dot_source(diagram, rankdir, dpi))
         diagram.backend, diagram.path = "graphviz", path
         return diagram
-    chosen = backend
-    if backend == "auto":
-        chosen = "graphviz" if shutil.which("dot") else "matplotlib"
-    if chosen == "graphviz":
-        try:
-            diagram_draw.render_graphviz(diagram, path, fmt, rankdir, dpi)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            if backend == "graphviz":
-                raise
-            warnings.warn(f"{exc}; drawing with matplotlib instead", RuntimeWarning, stacklevel=2)
-            chosen = "matplotlib"
-    if chosen == "matplotlib":
-        diagram.figure = diagram_draw.render_matplotlib(diagram, path, fmt, rankdir, dpi)
-    diagram.backend, diagram.path = chosen, path
+    figures = []
+
+    def with_matplotlib():
+        figures.append(diagram_draw.figure(diagram, rankdir))
+        return save_figure(figures[0], fmt, diagram_draw.DPI if dpi is None else dpi)
+
+    data, diagram.backend = draw(fmt, backend, lambda: run_dot(diagram_draw.dot_source(diagram, rankdir, dpi), fmt,
+                                                               "plot_model"), with_matplotlib)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    diagram.path, diagram.figure = path, (figures[0] if figures else None)
     return diagram

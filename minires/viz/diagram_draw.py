@@ -8,9 +8,9 @@ Matplotlib figure measures every label with the renderer that draws it, so
 boxes, lanes and the figure itself are as large as their text needs.
 """
 import re
-import shutil
-import subprocess
 import textwrap
+
+from .render import quote
 
 WRAP = {"TB": 64, "LR": 24}        # characters a node label's line may hold before it wraps
 SIDE_WRAP = {"TB": 40, "LR": 24}   # the same for a shortcut's label
@@ -44,10 +44,6 @@ def wrap(text, width):
 
 # ------------------------------------------------------------------ Graphviz
 
-def _quote(text):
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 _DOT_NODE_STYLE = {
     "input": 'shape=plaintext, style=""',
     "output": 'shape=plaintext, style=""',
@@ -67,38 +63,26 @@ def dot_source(diagram, rankdir="TB", dpi=None):
     "shortcut-<block>", concatenation edges have ids "concat-<concat node>-<source node>"."""
     shortcut_side = _SHORTCUT_PORT[rankdir]
     extra = "" if dpi is None else f", dpi={dpi:g}"
-    lines = [f"digraph {_quote(diagram.model)} {{",
+    lines = [f"digraph {quote(diagram.model)} {{",
              f'  graph [rankdir={rankdir}, nodesep=0.4, ranksep=0.22, fontname="Helvetica", '
-             f'label={_quote(diagram.title)}, labelloc=t{extra}];',
+             f'label={quote(diagram.title)}, labelloc=t{extra}];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, height=0.3, group=main];',
              '  edge [arrowsize=0.6, fontname="Helvetica", fontsize=8];']
     for node in diagram.nodes:
-        lines.append(f"  {node.id} [label={_quote(wrap(node.label, WRAP[rankdir]))}, {_DOT_NODE_STYLE[node.kind]}];")
+        lines.append(f"  {node.id} [label={quote(wrap(node.label, WRAP[rankdir]))}, {_DOT_NODE_STYLE[node.kind]}];")
     for e in diagram.edges:
         if e.kind == "shortcut":
-            label = _quote(" " + wrap(e.label, SIDE_WRAP[rankdir]))
+            label = quote(" " + wrap(e.label, SIDE_WRAP[rankdir]))
             lines.append(f"  {e.src} -> {e.dst} [style={e.style}, label={label}, "
                          f"tailport={shortcut_side}, headport={shortcut_side}, weight=0, "
-                         f"id={_quote('shortcut-' + e.block)}];")
+                         f"id={quote('shortcut-' + e.block)}];")
         elif e.kind in ("concat", "branch"):
             lines.append(f'  {e.src} -> {e.dst} [color="{CONCAT_COLOR}", weight=0, '
-                         f"id={_quote(f'{e.kind}-{e.block}-{e.src}')}];")   # free routes: ports tangle them
+                         f"id={quote(f'{e.kind}-{e.block}-{e.src}')}];")   # free routes: ports tangle them
         else:
             lines.append(f"  {e.src} -> {e.dst};")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def render_graphviz(diagram, path, fmt, rankdir="TB", dpi=None):
-    dot = shutil.which("dot")
-    if dot is None:
-        raise RuntimeError("plot_model: Graphviz's `dot` program is not on PATH; install Graphviz "
-                           "or use backend='matplotlib'")
-    proc = subprocess.run([dot, f"-T{fmt}", "-o", path], input=dot_source(diagram, rankdir, dpi).encode(),
-                          capture_output=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"plot_model: `dot -T{fmt}` failed (exit {proc.returncode}): "
-                           f"{proc.stderr.decode(errors='replace').strip()}")
 
 
 # ------------------------------------------------------------------ Matplotlib
@@ -107,6 +91,7 @@ _COLORS = {"stem": "#eeeeee", "head": "#eeeeee", "layers": "#eeeeee", "block": "
            "concat": "#fbecd3"}
 FONT, SIDE_FONT = 8, 7                            # points
 PAD = (0.12, 0.07)                                # inches of box around a label: across, up and down
+DPI = 120                                         # the Matplotlib image's default resolution
 GAP, RADIUS, MARGIN = 0.24, 0.1, 0.2              # between boxes along the path; the "+" circle; the figure's edge
 SHORTCUT_LANE, CONCAT_LANE, LANE_STEP = 0.3, 0.22, 0.1   # lanes' distance from the widest box, and between lanes
 
@@ -129,8 +114,8 @@ def _lanes(diagram, index):
     return lanes
 
 
-def render_matplotlib(diagram, path, fmt, rankdir="TB", dpi=None):
-    """Draw ``diagram`` with Matplotlib (no pyplot) to ``path``; returns the Figure.
+def figure(diagram, rankdir="TB"):
+    """``diagram`` drawn on a Matplotlib Figure (no pyplot), ready to save at any dpi.
 
     Every label is measured first; each box is its label plus ``PAD``, the boxes along a column share the
     widest one's width (a row's share the tallest one's height), and the figure grows to hold the lanes,
@@ -255,7 +240,4 @@ def render_matplotlib(diagram, path, fmt, rankdir="TB", dpi=None):
             ax.add_patch(Circle(at(centre[dst], v), 0.018, color=CONCAT_COLOR, lw=0))
         else:
             arrow([(start[src] + along[src], 0), (start[dst], 0)], f"main-{src}-{dst}", lw=0.9, color="black")
-
-    limit = 30000.0 / max(fig_w, fig_h)              # keep a very deep net's PNG under Agg's size limit
-    fig.savefig(path, format=fmt, dpi=min(120.0 if dpi is None else float(dpi), limit))
     return fig

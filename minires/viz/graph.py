@@ -31,6 +31,7 @@ from ..backend import array_module
 from ..residual import ResidualAddFunction, record_residuals
 from . import graph_render
 from .graph_render import AutogradGraph, GraphEdge, GraphNode  # noqa: F401 (the drawing's data)
+from .render import check_backend
 
 MAX_NODES = 60                                  # depth=None collapses a graph bigger than this
 _WATCHES = collections.deque(maxlen=4)          # the latest watches, where draw_graph looks first
@@ -377,8 +378,7 @@ def draw_graph(tensor, path=None, *, model=None, names=None, depth=None, watch=N
     """
     if path is not None:
         graph_render.image_format(path)
-    if backend not in graph_render.BACKENDS:
-        raise ValueError(f"draw_graph: backend must be one of {graph_render.BACKENDS}, got {backend!r}")
+    check_backend(backend, "draw_graph")
     if not (depth is None or depth == "blocks" or (isinstance(depth, int) and depth >= 0)):
         raise ValueError(f"draw_graph: depth must be None, 'blocks' or an int >= 0, got {depth!r}")
     if not hasattr(tensor, "grad_fn"):

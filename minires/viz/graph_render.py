@@ -8,14 +8,12 @@ neighbours without overlapping the next. Neither touches pyplot or the caller's 
 """
 import base64
 import collections
-import io
 import os
-import shutil
-import subprocess
-import warnings
 from dataclasses import dataclass, field
 
-BACKENDS = ("auto", "graphviz", "matplotlib")
+from .render import check_backend, draw, quote, run_dot, save_figure
+from .render import image_format as _image_format
+
 FORMATS = {".png": "png", ".svg": "svg"}
 # kind -> (fill, border, border width, dashed)
 STYLES = {"leaf": ("#fff2cc", "#7f6000", 0.8, False), "constant": ("#f2f2f2", "#7f7f7f", 0.8, True),
@@ -26,11 +24,7 @@ SHORTCUT = "#1f4e9c"
 
 def image_format(path):
     """"png" or "svg" from a path's suffix; anything else is refused."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext not in FORMATS:
-        raise ValueError(f"draw_graph: cannot tell the image format from {os.fspath(path)!r}; "
-                         "the path must end in .png or .svg")
-    return FORMATS[ext]
+    return _image_format(path, FORMATS, "draw_graph")
 
 
 def _fmt(v):
@@ -123,72 +117,35 @@ class AutogradGraph:
 
 # ------------------------------------------------------------------ Graphviz
 
-def _quote(text):
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def to_dot(graph):
     """The Graphviz source: nodes styled by kind, residual adds' shortcut edges blue and labelled."""
-    lines = [f"digraph {_quote(graph.title or 'autograd')} {{",
+    lines = [f"digraph {quote(graph.title or 'autograd')} {{",
              f'  graph [rankdir=TB, nodesep=0.25, ranksep=0.3, fontname="Helvetica", fontsize=11, '
-             f'label={_quote(graph.title)}, labelloc=t];',
+             f'label={quote(graph.title)}, labelloc=t];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=9, height=0.3];',
              '  edge [arrowsize=0.6, fontname="Helvetica", fontsize=8];']
     for n in graph.nodes:
         fill, border, width, dashed = STYLES[n.kind]
         style = '"rounded,filled,dashed"' if dashed else '"rounded,filled"'
-        lines.append(f"  {n.id} [label={_quote(n.label)}, fillcolor=\"{fill}\", color=\"{border}\", "
-                     f"penwidth={width}, style={style}, id={_quote('node-' + n.id)}];")
+        lines.append(f"  {n.id} [label={quote(n.label)}, fillcolor=\"{fill}\", color=\"{border}\", "
+                     f"penwidth={width}, style={style}, id={quote('node-' + n.id)}];")
     for e in graph.edges:
         extra = ""
         if e.kind == "shortcut":
             extra = f' [color="{SHORTCUT}", fontcolor="{SHORTCUT}", penwidth=2, label=" shortcut", ' \
-                    f'id={_quote(f"shortcut-{e.src}-{e.dst}")}]'
+                    f'id={quote(f"shortcut-{e.src}-{e.dst}")}]'
         elif e.kind == "branch":
             extra = ' [label=" branch"]'
         lines.append(f"  {e.src} -> {e.dst}{extra};")
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def _graphviz(graph, fmt, dpi):
-    dot = shutil.which("dot")
-    if dot is None:
-        raise RuntimeError("draw_graph: Graphviz's `dot` program is not on PATH; install Graphviz "
-                           "or use backend='matplotlib'")
-    args = [dot, f"-T{fmt}"] + ([f"-Gdpi={dpi}"] if fmt == "png" else [])
-    proc = subprocess.run(args, input=to_dot(graph).encode(), capture_output=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"draw_graph: `dot -T{fmt}` failed (exit {proc.returncode}): "
-                           f"{proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
-
-
 def render(graph, fmt, backend, dpi):
     """(image bytes, the backend that drew them); "auto" falls back to Matplotlib if dot is absent or fails."""
-    if backend not in BACKENDS:
-        raise ValueError(f"draw_graph: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "graphviz" or (backend == "auto" and shutil.which("dot")):
-        try:
-            return _compact(_graphviz(graph, fmt, dpi), fmt), "graphviz"
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            if backend == "graphviz":
-                raise
-            warnings.warn(f"{exc}; drawing with matplotlib instead", RuntimeWarning, stacklevel=3)
-    return _compact(_matplotlib(graph, fmt, dpi), fmt), "matplotlib"
-
-
-def _compact(data, fmt):
-    """A PNG in 64 colours (a few pastel fills and black text: it looks the same at a third of the bytes)."""
-    try:
-        from PIL import Image
-    except ImportError:                                # Pillow comes with Matplotlib; without it, as drawn
-        return data
-    if fmt != "png":
-        return data
-    out = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").quantize(64, method=Image.Quantize.MEDIANCUT).save(out, "PNG",
-                                                                                                  optimize=True)
-    return out.getvalue()
+    check_backend(backend, "draw_graph")
+    args = [f"-Gdpi={dpi}"] if fmt == "png" else []
+    return draw(fmt, backend, lambda: run_dot(to_dot(graph), fmt, "draw_graph", args),
+                lambda: _matplotlib(graph, fmt, dpi), stacklevel=3)
 
 
 # ------------------------------------------------------------------ Matplotlib
@@ -279,7 +236,6 @@ def layout(graph):
 
 
 def _matplotlib(graph, fmt, dpi):
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
@@ -320,8 +276,4 @@ def _matplotlib(graph, fmt, dpi):
         if e.kind != "data":                           # beside the edge's middle
             (x1, y1), (x2, y2) = points[len(points) // 2 - 1], points[len(points) // 2]
             ax.text((x1 + x2) / 2 + 0.05, (y1 + y2) / 2, e.kind, fontsize=6.5, color=color, ha="left", va="center")
-    dpi = min(dpi, 30000.0 / max(width, height))       # a huge graph stays under Agg's size limit
-    out = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "minires"}):
-        fig.savefig(out, format=fmt, dpi=dpi)
-    return out.getvalue()
+    return save_figure(fig, fmt, dpi)                  # a huge graph stays under Agg's size limit
