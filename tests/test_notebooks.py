@@ -38,6 +38,7 @@ EXPECTED = [
     "07_kernels.ipynb",
     "08_training_for_real.ipynb",
     "09_data_parallel.ipynb",
+    "10_porting_from_keras.ipynb",
 ]
 # notebooks 01-04 with their prose in Chinese (tests/test_translations.py keeps their code the English one's):
 # run and checked like the others
