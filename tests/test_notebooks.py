@@ -67,7 +67,7 @@ def _parameter_cell(nb):
     return None
 
 
-def test_the_tutorials_are_the_expected_eight():
+def test_the_tutorials_are_the_expected_ones():
     found = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
     assert found == EXPECTED
 
