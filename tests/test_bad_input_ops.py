@@ -16,20 +16,11 @@ import minires
 import minires.functional as F
 import minires.nn as nn
 from minires import DTypeError, ShapeError, Tensor
+from assertions import raises
 
 
 def f32(*shape, requires_grad=False):
     return Tensor(np.ones(shape, dtype=np.float32), requires_grad=requires_grad)
-
-
-def raises(kind, call, *words):
-    """Run ``call``; it must raise ``kind`` with every one of ``words`` in its message. Returns the message."""
-    with pytest.raises(kind) as info:
-        call()
-    msg = str(info.value)
-    for w in words:
-        assert w in msg, f"{w!r} not in {msg!r}"
-    return msg
 
 
 shapes = st.lists(st.integers(1, 3), min_size=0, max_size=4).map(tuple)

@@ -19,20 +19,11 @@ import minires.functional as F
 import minires.nn as nn
 from minires import DTypeError, ShapeError, Tensor, optim
 from minires.gradcheck import GradcheckError
+from assertions import raises
 
 
 def T(a, requires_grad=True):
     return Tensor(np.array(a, dtype=np.float64), requires_grad=requires_grad)
-
-
-def raises(kind, call, *words):
-    """Run ``call``; it must raise ``kind`` with every one of ``words`` in its message. Returns the message."""
-    with pytest.raises(kind) as info:
-        call()
-    msg = str(info.value)
-    for w in words:
-        assert w in msg, f"{w!r} not in {msg!r}"
-    return msg
 
 
 def tf_same(n, k, s):
