@@ -30,6 +30,9 @@ def test_registration_and_traversal():
         "0.bn1.running_mean", "0.bn1.running_var", "0.bn1.num_batches_tracked"]
     assert [type(m).__name__ for m in net.children()] == ["Block", "AdaptiveAvgPool2d", "Flatten", "Linear"]
     assert [n for n, _ in net.named_modules()] == ["", "0", "0.conv1", "0.bn1", "0.relu", "1", "2", "3"]
+    assert net.get_submodule("0.bn1") is net[0].bn1 and net.get_submodule("") is net
+    with pytest.raises(AttributeError, match=r"0 \(Block\) has no submodule 'bn2'; it has conv1, bn1, relu"):
+        net.get_submodule("0.bn2")
     assert net.num_parameters() == 4 * 3 * 9 + 4 + 4 + 5 * 4 + 5
     # a plain attribute is not a parameter, reassigning None removes one from the count
     net[0].scale = 3.0

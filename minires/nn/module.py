@@ -188,6 +188,18 @@ class Module:
     def modules(self):
         return (m for _, m in self.named_modules())
 
+    def get_submodule(self, target):
+        """The module at dotted path ``target`` ("layer1.0.conv1"; "" is this module), as in PyTorch."""
+        module = self
+        for depth, name in enumerate(target.split(".") if target else []):
+            if name not in module._modules:
+                where = ".".join(target.split(".")[:depth]) or "the model"
+                raise AttributeError(f"{type(self).__name__}.get_submodule({target!r}): {where} "
+                                     f"({type(module).__name__}) has no submodule {name!r}; it has "
+                                     f"{', '.join(module._modules) or 'none'}")
+            module = module._modules[name]
+        return module
+
     def _named(self, registry, recurse):
         seen = set()
         modules = self.named_modules() if recurse else [("", self)]
