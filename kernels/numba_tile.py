@@ -30,11 +30,22 @@ file of the function it cached: after editing this file, delete
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-# 64-byte vectors where the CPU has AVX-512, else 32 bytes (AVX2; older CPUs split them further)
-VECTOR_BYTES = 64 if llvm.get_host_cpu_features().get("avx512f", False) else 32
+
+def _vector_bytes():
+    """64 where the code Numba compiles may use AVX-512, else 32 (AVX2; older CPUs split them further).
+
+    Numba compiles for the host's features unless NUMBA_CPU_FEATURES names others
+    (``minires bench --isa avx2`` sets them without AVX-512); the tile follows them.
+    """
+    if config.CPU_FEATURES is not None:
+        return 64 if "+avx512f" in config.CPU_FEATURES.split(",") else 32
+    return 64 if llvm.get_host_cpu_features().get("avx512f", False) else 32
+
+
+VECTOR_BYTES = _vector_bytes()
 # rows of a tile per number of vectors NV: R*NV accumulators, within the 32 (AVX-512) or 16 vector registers
 ROWS_1, ROWS_2, ROWS_4 = (8, 6, 6) if VECTOR_BYTES == 64 else (6, 4, 2)
 MAX_ROWS = max(ROWS_1, ROWS_2, ROWS_4)

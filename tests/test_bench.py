@@ -8,6 +8,7 @@ from a formula written here from the architecture, not from the code under test.
 import importlib.util
 import json
 import os
+import platform
 import statistics
 
 import pytest
@@ -221,3 +222,44 @@ def test_quick_run_on_the_gpu(capsys):
     records = bench.run_bench("resnet20_train", None, batch_size=2, threads=1, quick=True, device="cuda")
     check_records(records, "resnet20_train", 2, forward_passes=3, backends=gpu_backends, device="cuda")
     assert all(r["peak_mib"] > 0 for r in records), "a GPU step allocates: its allocator's peak must show"
+
+
+# ---------------------------------------------------------------- --isa avx2: an AVX2 machine's code on this CPU
+
+def test_isa_avx2_keeps_every_framework_to_avx2():
+    env = worker.isa_environment("avx2")
+    assert (env["OPENBLAS_CORETYPE"], env["ATEN_CPU_CAPABILITY"], env["ONEDNN_MAX_CPU_ISA"]) == \
+        ("Haswell", "avx2", "AVX2")
+    if importlib.util.find_spec("llvmlite") is not None:
+        features = env["NUMBA_CPU_FEATURES"].split(",")
+        assert all(f[0] in "+-" for f in features) and "-avx512f" in features
+        assert not [f for f in features if f.startswith(("+avx512", "+amx", "+avx10", "+evex512"))], features
+    assert worker.isa_environment("native") == {} and worker.isa_environment(None) == {}
+    with pytest.raises(ValueError, match="unknown --isa 'avx3'; choose one of native, avx2"):
+        worker.isa_environment("avx3")
+    assert worker.clean_environment(1, "avx2")["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "OPENBLAS_CORETYPE" not in worker.clean_environment(1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs numba")
+def test_the_numba_register_tile_follows_numbas_features():
+    """Under --isa avx2, Numba compiles without AVX-512, so the tile must use 32-byte vectors (16 registers)."""
+    import subprocess
+    import sys
+    code = "from minires.kernels import numba_tile as t; print(t.VECTOR_BYTES, t.ROWS_1, t.ROWS_2, t.ROWS_4)"
+    env = dict(os.environ, NUMBA_CPU_FEATURES=worker.isa_environment("avx2")["NUMBA_CPU_FEATURES"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split() == ["32", "6", "4", "2"], done.stderr[-2000:]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OpenBLAS's Haswell kernels are x86's")
+def test_a_quick_avx2_run_says_so_and_runs_haswell_kernels(capsys):
+    assert cli.main(["bench", "--quick", "--isa", "avx2", "--workloads", "conv_fwd_3to16_32px", "--backend",
+                     "numpy", "--batch-size", "2", "--threads", "1", "--no-torch"]) == 0
+    heading = capsys.readouterr().out.splitlines()[0]
+    assert "code kept to AVX2 (--isa avx2" in heading and "(Haswell kernels, 1 thread)" in heading, heading
+
+
+def test_isa_is_refused_with_ranks(capsys):
+    assert cli.main(["bench", "--isa", "avx2", "--ranks", "1,2"]) == 2
+    assert "--isa avx2 keeps the CPU's code to that instruction set" in capsys.readouterr().err

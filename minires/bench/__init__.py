@@ -8,7 +8,10 @@ first keeps freed memory for reuse (``minires.backend.keep_freed_memory``), as
 training does, so minires and PyTorch time their steps on the same allocator.
 The children run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (pins that make
 OpenBLAS use another CPU's kernels), and the heading names the BLAS, its kernels
-and threads as the child found them.
+and threads as the child found them. ``--isa avx2`` instead keeps every
+framework to AVX2 code on purpose (OpenBLAS's Haswell kernels, Numba compiling
+without AVX-512, PyTorch's ATen and oneDNN at AVX2): an AVX2 machine's kernels
+on this CPU's cores and caches, for figures where no AVX2 machine is at hand.
 Times are medians after warm-up; GFLOP/s counts 2 FLOPs per multiply-add of the
 convolutions and linear layers (``minires.viz.summary``'s count), three times
 the forward's for a training step, and each record also gives them as a

@@ -7,6 +7,7 @@ import sys
 from .ranks import check_mpi, check_split, format_ranks_heading, format_ranks_table, parse_ranks, run_ranks, \
     train_workloads
 from .report import format_heading, format_table
+from .worker import ISAS
 from .runner import DEVICES, check_counts, check_device, resolve_backends, run_bench
 from .workloads import GROUPS, QUICK_REPEAT, QUICK_WARMUP, WORKLOADS, resolve_workloads
 
@@ -15,6 +16,9 @@ def check_cli(args):
     """The options' errors before anything is measured: the command line reports them as usage errors."""
     if args.ranks is not None and args.device != "cpu":
         raise ValueError(f"--ranks measures ranks on the CPU; --device {args.device} is not supported with it")
+    if args.isa != "native" and (args.ranks is not None or args.device != "cpu"):
+        raise ValueError(f"--isa {args.isa} keeps the CPU's code to that instruction set in the single-process "
+                         "bench; it does not apply with --ranks or --device cuda")
     check_device(args.device)
     resolve_backends(args.backend, args.device)
     check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))
@@ -39,7 +43,8 @@ def run_cli(args):
         print(format_ranks_table(records))
         return
     records = run_bench(args.workloads, args.backend, args.batch_size, args.threads, args.repeat, args.warmup,
-                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds, device=args.device)
+                        args.quick, torch=not args.no_torch, log=sys.stderr, rounds=args.rounds, device=args.device,
+                        isa=args.isa)
     if args.json:
         print(json.dumps(records, indent=1))
         return
@@ -75,6 +80,9 @@ def add_bench_parser(subparsers):
     p.add_argument("--quick", action="store_true",
                    help=f"small batches, {QUICK_WARMUP} warm-up and {QUICK_REPEAT} timed runs: a smoke test")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--isa", choices=ISAS, default="native",
+                   help="native (default): every framework uses what this CPU has; avx2: keep OpenBLAS, Numba and "
+                        "PyTorch to AVX2 code (no AVX-512), an AVX2 machine's kernels on this CPU")
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     p.set_defaults(check=check_cli, run=run_cli)
     return p

@@ -52,13 +52,13 @@ def run_sgemm(spec):
     return {"times_s": times, "peak_kib": 0, "blas": "cuBLAS (CuPy)" if device == "cuda" else blas_description()}
 
 
-def measure_sgemm(threads, device="cpu", quick=False):
+def measure_sgemm(threads, device="cpu", quick=False, isa=None):
     """One measurement in a fresh child: {"gflop_per_s": best, "size": n, "repeat": r, "blas": ...}."""
     from .worker import measure
     n = sgemm_size(device, quick)
     repeat = QUICK_REPEAT if quick else REPEAT
     answer = measure({"framework": "sgemm", "backend": "blas", "workload": f"sgemm {n}x{n}", "device": device,
-                      "size": n, "repeat": repeat, "threads": threads})
+                      "size": n, "repeat": repeat, "threads": threads, "isa": isa})
     return {"gflop_per_s": 2 * n ** 3 / min(answer["times_s"]) / 1e9, "size": n, "repeat": repeat,
             "blas": answer["blas"]}
 

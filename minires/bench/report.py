@@ -23,6 +23,9 @@ def format_heading(records, device, started, load):
         memory = "peak MiB = GPU memory the framework's allocator held above the live memory after setup"
     else:
         where = f"threads {first['threads']} (of {os.cpu_count()} CPUs), BLAS {first.get('blas')}"
+        if first.get("isa") == "avx2":
+            where += (", code kept to AVX2 (--isa avx2: OpenBLAS's Haswell kernels, Numba without AVX-512, "
+                      "ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
         memory = "peak MiB = peak RSS above the child's after-setup baseline"
     peak = first.get("sgemm_peak")
     peak = f"; % sgemm = GFLOP/s as a percentage of the {describe_peak(peak, first['threads'], device)}" if peak else ""

@@ -9,7 +9,7 @@ import os
 import statistics
 
 from .peak import combine, measure_sgemm
-from .worker import measure
+from .worker import isa_environment, measure
 from .workloads import QUICK_REPEAT, QUICK_WARMUP, macs_per_image, resolve_workloads
 
 DEVICES = ("cpu", "cuda")
@@ -73,7 +73,7 @@ def check_counts(values, spell=str):
 
 
 def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repeat=None, warmup=None,
-              quick=False, torch=True, log=None, rounds=1, device="cpu"):
+              quick=False, torch=True, log=None, rounds=1, device="cpu", isa="native"):
     """Measure each workload on each backend (and in PyTorch when installed and ``torch``); return the records.
 
     ``workloads`` and ``backends`` are comma lists or lists (default: ``DEFAULT_WORKLOADS``, every backend
@@ -83,17 +83,18 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
     pooled: load that comes and goes then falls on every framework alike, so the ratios hold up better on a
     busy machine. The peak memory is the largest of the rounds'. The machine's sgemm peak (``peak``) is
     measured before the first workload and after the last; every record holds it and its GFLOP/s as a
-    fraction of it.
+    fraction of it. ``isa`` "avx2" keeps every framework's host code to AVX2 (``worker.isa_environment``).
     """
     device = check_device(device)
+    isa_environment(isa)  # an unknown name fails before anything runs
     chosen, backends = resolve_workloads(workloads), resolve_backends(backends, device)
     check_counts(dict(batch_size=batch_size, threads=threads, repeat=repeat, warmup=warmup, rounds=rounds))
     threads = threads or os.cpu_count() or 1
     frameworks = [("minires", b) for b in backends] + ([("torch", "torch")] if torch and torch_available() else [])
-    records, first_peak = [], _peak(threads, device, quick, log)
+    records, first_peak = [], _peak(threads, device, quick, log, isa)
     for workload in chosen:
         batch = batch_size or (workload.quick_batch if quick else workload.batch)
-        spec = {"workload": workload.name, "batch": batch, "threads": threads, "device": device,
+        spec = {"workload": workload.name, "batch": batch, "threads": threads, "device": device, "isa": isa,
                 "warmup": warmup if warmup is not None else (QUICK_WARMUP if quick else workload.warmup),
                 "repeat": repeat if repeat is not None else (QUICK_REPEAT if quick else workload.repeat)}
         flop = workload.flop(batch, macs_per_image(workload))
@@ -109,8 +110,9 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                     ms, mib = 1e3 * statistics.median(answer["times_s"]), answer["peak_kib"] / 1024
                     print(f"bench: {workload.name:<26} {backend:<7} {ms:10.2f} ms  {mib:8.1f} MiB", file=log,
                           flush=True)
-        group = [_record(workload, framework, backend, device, batch, threads, spec["warmup"],
-                         answers[framework, backend], flop, rounds) for framework, backend in frameworks]
+        group = [dict(_record(workload, framework, backend, device, batch, threads, spec["warmup"],
+                              answers[framework, backend], flop, rounds), isa=isa)
+                 for framework, backend in frameworks]
         reference = next((r for r in group if r["framework"] == "torch"), None)
         for r in group:
             if reference is not None and r is not reference:
@@ -118,16 +120,16 @@ def run_bench(workloads=None, backends=None, batch_size=None, threads=None, repe
                 if reference["peak_mib"] > 0:
                     r["memory_ratio_vs_torch"] = r["peak_mib"] / reference["peak_mib"]
         records += group
-    peak = combine(first_peak, _peak(threads, device, quick, log))
+    peak = combine(first_peak, _peak(threads, device, quick, log, isa))
     for r in records:
         r["sgemm_peak"] = peak
         r["fraction_of_sgemm_peak"] = r["gflop_per_s"] / peak["gflop_per_s"]
     return records
 
 
-def _peak(threads, device, quick, log):
+def _peak(threads, device, quick, log, isa=None):
     """The sgemm peak measured now (``peak.measure_sgemm``), with a line in the log."""
-    peak = measure_sgemm(threads, device, quick)
+    peak = measure_sgemm(threads, device, quick, isa)
     if log is not None:
         print(f"bench: sgemm {peak['size']}x{peak['size']} float32   {peak['gflop_per_s']:10.1f} GFLOP/s", file=log,
               flush=True)

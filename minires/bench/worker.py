@@ -30,13 +30,43 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def clean_environment(threads):
-    """A child's environment: ``threads`` threads everywhere, no forced backend, OpenBLAS picking its own kernel."""
+ISAS = ("native", "avx2")  # --isa: what the children's code may use
+
+
+def isa_environment(isa):
+    """The variables that keep every framework's code to ``isa``: {} for "native", AVX2 without AVX-512 for "avx2".
+
+    OpenBLAS runs its Haswell kernels, Numba compiles for the host's features
+    less AVX-512 (and the EVEX, AMX and AVX10 sets built on it), PyTorch's ATen and
+    oneDNN dispatch to their AVX2 code: an AVX2 machine's code on this CPU's
+    cores and caches.
+    """
+    if isa in (None, "native"):
+        return {}
+    if isa != "avx2":
+        raise ValueError(f"unknown --isa {isa!r}; choose one of {', '.join(ISAS)}")
+    env = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    try:
+        import llvmlite.binding as llvm  # comes with Numba
+    except ImportError:
+        return env  # no Numba, no Numba code to restrict
+    env["NUMBA_CPU_FEATURES"] = ",".join(
+        ("-" if name.startswith(("avx512", "amx", "avx10", "evex512")) or not on else "+") + name
+        for name, on in sorted(llvm.get_host_cpu_features().items()))
+    return env
+
+
+def clean_environment(threads, isa=None):
+    """A child's environment: ``threads`` threads everywhere, no forced backend, OpenBLAS picking its own kernel.
+
+    With ``isa`` "avx2", every framework is kept to AVX2 code instead (``isa_environment``).
+    """
     env = dict(os.environ)
     env.pop("MINIRES_KERNELS", None)  # the spec names the backend
     for name in BLAS_PINS:
         env.pop(name, None)
     env.update({v: str(threads) for v in THREAD_VARIABLES})
+    env.update(isa_environment(isa))
     return env
 
 
@@ -69,7 +99,7 @@ def blas_description():
 def measure(spec):
     """Start a fresh interpreter with the thread variables set, run ``spec`` there, return its JSON answer."""
     done = subprocess.run([sys.executable, "-m", "minires.bench", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=clean_environment(spec["threads"]))
+                          capture_output=True, text=True, env=clean_environment(spec["threads"], spec.get("isa")))
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise RuntimeError(f"{spec['framework']} {spec['workload']} ({spec['backend']}) failed: {lines[-1]}")
