@@ -46,8 +46,12 @@ def _vector_bytes():
 
 
 VECTOR_BYTES = _vector_bytes()
-# rows of a tile per number of vectors NV: R*NV accumulators, within the 32 (AVX-512) or 16 vector registers
-ROWS_1, ROWS_2, ROWS_4 = (8, 6, 6) if VECTOR_BYTES == 64 else (6, 4, 2)
+# rows of a tile per number of vectors NV: R*NV accumulators, NV loaded vectors and a broadcast within the 32
+# (AVX-512) or 16 (AVX2) vector registers. With 16, four vectors leave room for two rows only (8 FMAs per 6
+# loads), so AVX2 tiles are at most two vectors wide: 6 x 2, the shape of the classic Haswell sgemm kernel
+# (12 FMAs per 8 loads).
+ROWS_1, ROWS_2, ROWS_4 = (8, 6, 6) if VECTOR_BYTES == 64 else (12, 6, 2)
+WIDEST = 4 if VECTOR_BYTES == 64 else 2  # the widest tile used, in vectors
 MAX_ROWS = max(ROWS_1, ROWS_2, ROWS_4)
 
 
@@ -127,7 +131,7 @@ def tile(typingctx, rows, vecs, a, a_off, a_sk, a_sr, seg, b, b_off, b_sk, b_ss,
 def rows_per_tile(lanes, vector_lanes):
     """(R, NV) of the tiles covering ``lanes`` output lanes (a multiple of the vector's): the widest NV that divides."""
     nvec = lanes // vector_lanes
-    if nvec % 4 == 0:
+    if WIDEST == 4 and nvec % 4 == 0:
         return ROWS_4, 4
     if nvec % 2 == 0:
         return ROWS_2, 2
@@ -140,7 +144,7 @@ def tiles(a, a_off, a_sk, a_sr, seg, b, b_off, b_sk, b_ss, k, rows, c, c_off, c_
     up to a multiple of R) times NV vectors; ``lanes`` is a multiple of the vector length."""
     vl = VECTOR_BYTES // c.itemsize
     nvec = lanes // vl
-    if nvec % 4 == 0:
+    if WIDEST == 4 and nvec % 4 == 0:
         for v0 in range(0, nvec, 4):
             for r0 in range(0, rows, ROWS_4):
                 tile(ROWS_4, 4, a, a_off + r0 * a_sr, a_sk, a_sr, seg, b, b_off + v0 * vl, b_sk, b_ss, k,
