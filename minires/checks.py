@@ -24,6 +24,13 @@ def size(value, name, op, minimum=1):
     return int(value)
 
 
+def choice(value, name, op, allowed):
+    """``value`` if it is one of the strings ``allowed``, else a ValueError naming ``op`` and the choices."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
 def pair(value, name="size", op=None, minimum=None):
     """``value`` as a pair of ints: 3 -> (3, 3), (3, 1) -> (3, 1); each at least ``minimum`` when given."""
     where = f"{op}: " if op else ""

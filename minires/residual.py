@@ -35,7 +35,7 @@ import numpy as np
 from . import ops
 from .autograd import Function
 from .backend import array_module
-from .checks import floating, ndim, size
+from .checks import choice, floating, ndim, size
 from .errors import ShapeError
 from .kernels import for_array
 
@@ -190,9 +190,8 @@ def pad_channels(x, out_channels, stride=1, pool="subsample", channels="append")
     ndim("pad_channels", x, (4,))
     out_channels = size(out_channels, "out_channels", "pad_channels")
     stride = size(stride, "stride", "pad_channels")
-    for name, value, allowed in (("pool", pool, POOLS), ("channels", channels, PLACEMENTS)):
-        if not isinstance(value, str) or value not in allowed:
-            raise ValueError(f"pad_channels: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    choice(pool, "pool", "pad_channels", POOLS)
+    choice(channels, "channels", "pad_channels", PLACEMENTS)
     if out_channels < x.shape[1]:
         raise ShapeError(f"cannot pad {x.shape[1]} channels down to {out_channels} (input shape {x.shape})",
                          op="pad_channels")

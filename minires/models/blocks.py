@@ -29,17 +29,11 @@ import copy
 
 from .. import functional as F
 from .. import nn
+from ..checks import choice
 from ..residual import PLACEMENTS, POOLS
 
 SHORTCUTS = ("A", "B", "C")
 SHORTCUT_INPUTS = ("preact", "raw")  # what a pre-activation block's projection (or pad) reads
-
-
-def one_of(owner, name, value, allowed):
-    """``value`` if it is one of ``allowed``, else a ValueError naming ``owner`` and the choices."""
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -61,8 +55,8 @@ class PadChannels(nn.Module):
     def __init__(self, out_channels, stride, pool="subsample", channels="append"):
         super().__init__()
         self.out_channels, self.stride = out_channels, stride
-        self.pool = one_of("PadChannels", "pool", pool, POOLS)
-        self.channels = one_of("PadChannels", "channels", channels, PLACEMENTS)
+        self.pool = choice(pool, "pool", "PadChannels", POOLS)
+        self.channels = choice(channels, "channels", "PadChannels", PLACEMENTS)
 
     def forward(self, x):
         return F.pad_channels(x, self.out_channels, self.stride, pool=self.pool, channels=self.channels)
@@ -78,7 +72,7 @@ def make_shortcut(option, in_planes, out_planes, stride, norm=True, pool="subsam
 
     ``pool`` and ``channels`` choose option A's form (see ``PadChannels``).
     """
-    one_of("make_shortcut", "shortcut", option, SHORTCUTS)
+    choice(option, "shortcut", "make_shortcut", SHORTCUTS)
     same_shape = stride == 1 and in_planes == out_planes
     if option == "A":
         return None if same_shape else PadChannels(out_planes, stride, pool, channels)
@@ -91,9 +85,9 @@ def make_shortcut(option, in_planes, out_planes, stride, norm=True, pool="subsam
 
 def check_shortcut(owner, shortcut, pad_pool, pad_channels):
     """A block's shortcut choices, checked before anything is built: the error names the block."""
-    one_of(owner, "shortcut", shortcut, SHORTCUTS)
-    one_of(owner, "pad_pool", pad_pool, POOLS)
-    one_of(owner, "pad_channels", pad_channels, PLACEMENTS)
+    choice(shortcut, "shortcut", owner, SHORTCUTS)
+    choice(pad_pool, "pad_pool", owner, POOLS)
+    choice(pad_channels, "pad_channels", owner, PLACEMENTS)
     return {"pool": pad_pool, "channels": pad_channels}
 
 
@@ -259,7 +253,7 @@ class PreActBlock(ResidualBlock):
         super().__init__()
         owner = type(self).__name__
         pad = check_shortcut(owner, shortcut, pad_pool, pad_channels)
-        self.shortcut_input = one_of(owner, "shortcut_input", shortcut_input, SHORTCUT_INPUTS)
+        self.shortcut_input = choice(shortcut_input, "shortcut_input", owner, SHORTCUT_INPUTS)
         self.bn1 = nn.BatchNorm2d(in_planes, eps=eps, momentum=momentum)
         self.relu = make_activation(activation, owner)
         self.conv1 = conv3x3(in_planes, planes, stride)
@@ -312,7 +306,7 @@ class PreActBottleneck(ResidualBlock):
         super().__init__()
         owner = type(self).__name__
         pad = check_shortcut(owner, shortcut, pad_pool, pad_channels)
-        self.shortcut_input = one_of(owner, "shortcut_input", shortcut_input, SHORTCUT_INPUTS)
+        self.shortcut_input = choice(shortcut_input, "shortcut_input", owner, SHORTCUT_INPUTS)
         s1, s3 = (stride, 1) if stride_on_1x1 else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_planes, eps=eps, momentum=momentum)
         self.relu = make_activation(activation, owner)

@@ -23,7 +23,8 @@ resnet18(stem="cifar", num_classes=10) has 11,173,962 parameters, that code's co
 """
 from .. import functional as F
 from .. import nn
-from .blocks import BasicBlock, Bottleneck, block_options, one_of
+from ..checks import choice
+from .blocks import BasicBlock, Bottleneck, block_options
 
 STEMS = ("imagenet", "cifar")
 
@@ -42,7 +43,7 @@ class ResNet(nn.Module):
                  zero_init_residual=False, stride_on_1x1=False, width=64, stem="imagenet",
                  pad_pool="subsample", pad_channels="append"):
         super().__init__()
-        self.stem_type = one_of("ResNet", "stem", stem, STEMS)
+        self.stem_type = choice(stem, "stem", "ResNet", STEMS)
         self.block_kwargs = block_options(pad_pool=pad_pool, pad_channels=pad_channels)
         if block is Bottleneck:
             self.block_kwargs["stride_on_1x1"] = stride_on_1x1
