@@ -222,6 +222,17 @@ def residual_add_backward(grad_out, y, relu):
 # ---------------------------------------------------------------- batch norm
 
 @cuda.jit(device=True)
+def _parts_sums(partials, c, t):
+    """This thread's share of the finishing launch: the sums of partials[c, p] (both entries) over its parts p."""
+    s1 = 0.0
+    s2 = 0.0
+    for p in range(t, partials.shape[1], cuda.blockDim.x):
+        s1 += partials[c, p, 0]
+        s2 += partials[c, p, 1]
+    return s1, s2
+
+
+@cuda.jit(device=True)
 def _block_sum(partial, value):
     """The sum of ``value`` over the block's threads (a tree in shared memory ``partial``); every thread gets it."""
     t = cuda.threadIdx.x
@@ -259,9 +270,7 @@ def _bn_stats_kernel(x, partials, mean, var, finish):
     s1 = 0.0
     s2 = 0.0
     if finish:
-        for p in range(t, parts, cuda.blockDim.x):
-            s1 += partials[c, p, 0]
-            s2 += partials[c, p, 1]
+        s1, s2 = _parts_sums(partials, c, t)
     else:
         shift = np.float64(x[0, c, 0, 0])
         for k in range(part * cuda.blockDim.x + t, m, parts * cuda.blockDim.x):
@@ -319,9 +328,7 @@ def _bn_grad_sums_kernel(grad_out, x, mean, invstd, partials, dbias, dweight, fi
     sum_dy = 0.0
     sum_dy_xhat = 0.0
     if finish:
-        for p in range(t, parts, cuda.blockDim.x):
-            sum_dy += partials[c, p, 0]
-            sum_dy_xhat += partials[c, p, 1]
+        sum_dy, sum_dy_xhat = _parts_sums(partials, c, t)
     else:
         for k in range(part * cuda.blockDim.x + t, n * h * w, parts * cuda.blockDim.x):
             b, iy, ix = _unravel3(k, h, w)
